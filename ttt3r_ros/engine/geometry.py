@@ -1,0 +1,290 @@
+"""Frame conventions and small geometry helpers: the ONE place that owns axes and quaternion orders.
+
+Conventions used throughout ttt3r_ros:
+- Camera poses from the model are camera-to-world 4x4 matrices in OpenCV *optical* axes
+  (x right, y down, z forward). The model's quaternions are scalar-first (w, x, y, z).
+- ROS messages and TUM files are scalar-last (x, y, z, w).
+- ROS body frames follow REP 103 (x forward, y left, z up). A vector given in optical axes is expressed in body
+  axes by ``R_BODY_FROM_OPTICAL @ v``.
+- Pixel coordinates: pixel centres sit at integer coordinates (OpenCV / the reference's pixel grid), so a resize
+  by factor s maps u -> (u + 0.5) * s - 0.5 and a crop with offset x0 maps u -> u - x0.
+
+All functions take numpy arrays (float64 recommended) unless they say otherwise; the focal estimator is torch so it
+runs on the device that holds the point map.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Rotation taking optical-axis coordinates to REP 103 body-axis coordinates:
+# optical z (forward) -> body x, optical x (right) -> body -y, optical y (down) -> body -z.
+R_BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0],
+                                [-1.0, 0.0, 0.0],
+                                [0.0, -1.0, 0.0]])
+T_BODY_FROM_OPTICAL = np.eye(4)
+T_BODY_FROM_OPTICAL[:3, :3] = R_BODY_FROM_OPTICAL
+
+
+# ----------------------------------------------------------------------------------------------- quaternions
+def quat_wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
+    """Scalar-first (model) -> scalar-last (ROS/TUM). Works on [..., 4]."""
+    q = np.asarray(q)
+    return np.concatenate([q[..., 1:4], q[..., 0:1]], axis=-1)
+
+
+def quat_xyzw_to_wxyz(q: np.ndarray) -> np.ndarray:
+    """Scalar-last (ROS/TUM) -> scalar-first (model). Works on [..., 4]."""
+    q = np.asarray(q)
+    return np.concatenate([q[..., 3:4], q[..., 0:3]], axis=-1)
+
+
+def quat_wxyz_to_matrix(q: np.ndarray) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) -> 3x3 rotation (Hamilton convention, normalised first). Works on [..., 4]."""
+    q = np.asarray(q, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    r = np.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ], axis=-1)
+    return r.reshape(q.shape[:-1] + (3, 3))
+
+
+def matrix_to_quat_wxyz(r: np.ndarray) -> np.ndarray:
+    """3x3 rotation -> unit quaternion (w, x, y, z) with w >= 0 (the model's sign convention). Works on [..., 3, 3].
+
+    Uses the largest of the four diagonal combinations for the square root (Shepperd), so it is accurate for
+    every rotation, including 180 degree turns.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    batch = r.shape[:-2]
+    m = r.reshape(-1, 3, 3)
+    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    cand = np.stack([tr, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], axis=1)
+    best = np.argmax(cand, axis=1)
+    q = np.empty((m.shape[0], 4))
+    for case in range(4):  # 4 cases, vectorised within each
+        sel = best == case
+        if not np.any(sel):
+            continue
+        a = m[sel]
+        if case == 0:
+            s = np.sqrt(1.0 + tr[sel]) * 2
+            q[sel] = np.stack([0.25 * s, (a[:, 2, 1] - a[:, 1, 2]) / s, (a[:, 0, 2] - a[:, 2, 0]) / s,
+                               (a[:, 1, 0] - a[:, 0, 1]) / s], axis=1)
+        elif case == 1:
+            s = np.sqrt(1.0 + a[:, 0, 0] - a[:, 1, 1] - a[:, 2, 2]) * 2
+            q[sel] = np.stack([(a[:, 2, 1] - a[:, 1, 2]) / s, 0.25 * s, (a[:, 0, 1] + a[:, 1, 0]) / s,
+                               (a[:, 0, 2] + a[:, 2, 0]) / s], axis=1)
+        elif case == 2:
+            s = np.sqrt(1.0 + a[:, 1, 1] - a[:, 0, 0] - a[:, 2, 2]) * 2
+            q[sel] = np.stack([(a[:, 0, 2] - a[:, 2, 0]) / s, (a[:, 0, 1] + a[:, 1, 0]) / s, 0.25 * s,
+                               (a[:, 1, 2] + a[:, 2, 1]) / s], axis=1)
+        else:
+            s = np.sqrt(1.0 + a[:, 2, 2] - a[:, 0, 0] - a[:, 1, 1]) * 2
+            q[sel] = np.stack([(a[:, 1, 0] - a[:, 0, 1]) / s, (a[:, 0, 2] + a[:, 2, 0]) / s,
+                               (a[:, 1, 2] + a[:, 2, 1]) / s, 0.25 * s], axis=1)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q[q[:, 0] < 0] *= -1
+    return q.reshape(batch + (4,))
+
+
+def matrix_to_quat_xyzw(r: np.ndarray) -> np.ndarray:
+    """3x3 rotation -> (x, y, z, w) for ROS messages and TUM files."""
+    return quat_wxyz_to_xyzw(matrix_to_quat_wxyz(r))
+
+
+def pose7_wxyz_to_matrix(pose: np.ndarray) -> np.ndarray:
+    """Model `camera_pose` (tx, ty, tz, qw, qx, qy, qz) -> 4x4. Works on [..., 7]."""
+    pose = np.asarray(pose, dtype=np.float64)
+    out = np.zeros(pose.shape[:-1] + (4, 4))
+    out[..., :3, :3] = quat_wxyz_to_matrix(pose[..., 3:7])
+    out[..., :3, 3] = pose[..., :3]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- SE(3)
+def make_se3(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    t = np.eye(4)
+    t[:3, :3] = rotation
+    t[:3, 3] = np.asarray(translation).reshape(3)
+    return t
+
+
+def invert_se3(t: np.ndarray) -> np.ndarray:
+    """Inverse of rigid transforms [..., 4, 4] using the transpose (exact for rotations, no general inverse)."""
+    t = np.asarray(t, dtype=np.float64)
+    out = np.zeros_like(t)
+    rt = np.swapaxes(t[..., :3, :3], -1, -2)
+    out[..., :3, :3] = rt
+    out[..., :3, 3] = -(rt @ t[..., :3, 3:4])[..., 0]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def transform_points(t: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 to points [..., 3]."""
+    return points @ t[:3, :3].T + t[:3, 3]
+
+
+def odom_from_camera(t_base_cam: np.ndarray, t_cam0_camt: np.ndarray) -> np.ndarray:
+    """Odometry of the robot base from camera motion: T_odom_base = T_base_cam @ T_cam0_camt @ inv(T_base_cam).
+
+    ``t_cam0_camt`` is the camera pose relative to the first camera (optical axes, first frame identity);
+    ``t_base_cam`` is the camera's mounting in the base frame (camera optical frame -> base). The result starts
+    at identity and expresses base motion in the first base frame (the odom frame).
+    """
+    t_base_cam = np.asarray(t_base_cam, dtype=np.float64)
+    return t_base_cam @ np.asarray(t_cam0_camt, dtype=np.float64) @ invert_se3(t_base_cam)
+
+
+def optical_to_body(t_optical: np.ndarray) -> np.ndarray:
+    """A motion expressed with optical axes on both sides -> the same motion with REP 103 body axes.
+
+    Same as ``odom_from_camera`` with a pure axis-swap mounting (camera at the base origin, looking along x).
+    """
+    return odom_from_camera(T_BODY_FROM_OPTICAL, t_optical)
+
+
+def body_to_optical(t_body: np.ndarray) -> np.ndarray:
+    """Inverse of ``optical_to_body``: a motion in REP 103 body axes -> the same motion in optical axes."""
+    return odom_from_camera(invert_se3(T_BODY_FROM_OPTICAL), t_body)
+
+
+def optical_points_to_body(points: np.ndarray) -> np.ndarray:
+    """Points [..., 3] in optical axes -> the same points in REP 103 body axes."""
+    return np.asarray(points) @ R_BODY_FROM_OPTICAL.T
+
+
+# ------------------------------------------------------------------------------------------------ intrinsics
+@dataclass(frozen=True)
+class ResizeCrop:
+    """How an input image became the model image: resize to (resized_w, resized_h), then crop at (x0, y0).
+
+    ``scale_x = resized_w / input_w`` and ``scale_y = resized_h / input_h`` (after the reference's rounding, so the
+    two can differ slightly). Pixel centres at integer coordinates: u_model = (u_in + 0.5) * scale_x - 0.5 - x0.
+    """
+    input_h: int
+    input_w: int
+    resized_h: int
+    resized_w: int
+    x0: int
+    y0: int
+    model_h: int
+    model_w: int
+
+    @property
+    def scale_x(self) -> float:
+        return self.resized_w / self.input_w
+
+    @property
+    def scale_y(self) -> float:
+        return self.resized_h / self.input_h
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.input_h, self.input_w)
+
+    @property
+    def model_size(self) -> tuple[int, int]:
+        return (self.model_h, self.model_w)
+
+
+def intrinsics_input_to_model(k_input: np.ndarray, rc: ResizeCrop) -> np.ndarray:
+    """3x3 intrinsics at input resolution -> at model resolution (resize then crop; skew scaled with x)."""
+    k = np.asarray(k_input, dtype=np.float64)
+    out = k.copy()
+    out[0, 0] = k[0, 0] * rc.scale_x
+    out[0, 1] = k[0, 1] * rc.scale_x
+    out[1, 1] = k[1, 1] * rc.scale_y
+    out[0, 2] = (k[0, 2] + 0.5) * rc.scale_x - 0.5 - rc.x0
+    out[1, 2] = (k[1, 2] + 0.5) * rc.scale_y - 0.5 - rc.y0
+    return out
+
+
+def intrinsics_model_to_input(k_model: np.ndarray, rc: ResizeCrop) -> np.ndarray:
+    """Exact inverse of ``intrinsics_input_to_model``."""
+    k = np.asarray(k_model, dtype=np.float64)
+    out = k.copy()
+    out[0, 0] = k[0, 0] / rc.scale_x
+    out[0, 1] = k[0, 1] / rc.scale_x
+    out[1, 1] = k[1, 1] / rc.scale_y
+    out[0, 2] = (k[0, 2] + rc.x0 + 0.5) / rc.scale_x - 0.5
+    out[1, 2] = (k[1, 2] + rc.y0 + 0.5) / rc.scale_y - 0.5
+    return out
+
+
+def reference_principal_point(h: int, w: int) -> tuple[float, float]:
+    """The reference demo's principal point: (W//2, H//2) at model resolution (integer, no half-pixel shift)."""
+    return (float(w // 2), float(h // 2))
+
+
+def intrinsics_matrix(focal: float, cx: float, cy: float) -> np.ndarray:
+    return np.array([[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]])
+
+
+def estimate_focal_weiszfeld(pts3d: torch.Tensor | np.ndarray, pp: torch.Tensor | np.ndarray | tuple,
+                             iterations: int = 10) -> torch.Tensor:
+    """The reference demo's focal recovery (dust3r ``estimate_focal_knowing_depth``, mode 'weiszfeld').
+
+    ``pts3d``: [B, H, W, 3] or [H, W, 3] points in the camera frame; ``pp``: principal point(s) (cx, cy), [B, 2] or
+    [2]. Pixel grid u = 0..W-1, v = 0..H-1 without half-pixel offset; r = (x/z, y/z) with NaN/±inf -> 0;
+    initial f = mean(r.p)/mean(r.r); ``iterations`` reweighted least-squares steps with weights
+    1/max(|p - f r|, 1e-8); clipped at >= 0. Runs in the dtype/device of ``pts3d``. Returns [B] (or a 0-d tensor).
+    """
+    pts = torch.as_tensor(pts3d)
+    single = pts.dim() == 3
+    if single:
+        pts = pts.unsqueeze(0)
+    if pts.dim() != 4 or pts.shape[-1] != 3:
+        raise ValueError(f"estimate_focal_weiszfeld: pts3d must be [B,H,W,3] or [H,W,3], got {tuple(pts.shape)}")
+    b, h, w, _ = pts.shape
+    pp_t = torch.as_tensor(pp, dtype=pts.dtype, device=pts.device).reshape(-1, 2)
+    if pp_t.shape[0] == 1 and b > 1:
+        pp_t = pp_t.expand(b, 2)
+    ys, xs = torch.meshgrid(torch.arange(h, device=pts.device), torch.arange(w, device=pts.device), indexing="ij")
+    grid = torch.stack([xs, ys], dim=-1).to(pts.dtype).view(1, -1, 2)
+    pixels = grid - pp_t.view(-1, 1, 2)
+    flat = pts.flatten(1, 2)
+    xy_over_z = (flat[..., :2] / flat[..., 2:3]).nan_to_num(posinf=0.0, neginf=0.0)
+    dot_xy_px = (xy_over_z * pixels).sum(dim=-1)
+    dot_xy_xy = xy_over_z.square().sum(dim=-1)
+    focal = dot_xy_px.mean(dim=1) / dot_xy_xy.mean(dim=1)
+    for _ in range(iterations):
+        dis = (pixels - focal.view(-1, 1, 1) * xy_over_z).norm(dim=-1)
+        weight = dis.clip(min=1e-8).reciprocal()
+        focal = (weight * dot_xy_px).mean(dim=1) / (weight * dot_xy_xy).mean(dim=1)
+    focal = focal.clip(min=0.0)
+    return focal[0] if single else focal
+
+
+def chain_demo_poses(c2w_views: np.ndarray, reset_flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference demo's chunk chaining (SPEC §6.3), from per-view poses of the streaming loop.
+
+    ``c2w_views``: [T, 4, 4] poses of every processed view (including the overlap copies); ``reset_flags``: [T].
+    Drops every view whose predecessor is reset-flagged, then walks the kept views with a running base B
+    (identity at start): pose = B @ c2w; after a flagged view, B <- B @ c2w(that view).
+    Returns (kept view indices [K], chained poses [K, 4, 4]).
+    """
+    c2w_views = np.asarray(c2w_views, dtype=np.float64)
+    flags = np.asarray(reset_flags).astype(bool)
+    kept = [t for t in range(len(flags)) if not (t > 0 and flags[t - 1])]
+    base = np.eye(4)
+    chained = []
+    for t in kept:
+        chained.append(base @ c2w_views[t])
+        if flags[t]:
+            base = base @ c2w_views[t]
+    return np.asarray(kept, dtype=np.int64), np.stack(chained) if chained else np.zeros((0, 4, 4))
+
+
+def rotation_angle_rad(r: np.ndarray) -> float:
+    """Angle of a rotation matrix (robust near 0 and pi)."""
+    c = (np.trace(r) - 1.0) / 2.0
+    return float(math.acos(max(-1.0, min(1.0, c))))

@@ -1,0 +1,237 @@
+"""A bounded voxel map of world points with colour and confidence.
+
+Merging rules (documented contract):
+- Points are binned into cubic voxels of ``voxel_size`` (floor of coordinate / size; each axis must stay within
+  +-2**20 voxels of the origin, i.e. +-21 km at 2 cm; points outside are dropped and counted).
+- Per voxel: position and colour are the confidence-weighted running mean of every point that fell into it
+  (weight = the point's confidence); ``confidence`` is the highest confidence observed; ``weight`` is the summed
+  confidence; ``last_update`` is the counter of the ``add`` call that last touched it.
+- Hard cap ``max_points``: when an ``add`` pushes the map over the cap, voxels are evicted, least recently
+  updated first and, among equally old ones, least confident first, down to ``(1 - evict_fraction) * max_points``
+  (evicting a batch at once keeps the cost amortised). So a run of hours keeps a sliding window of the most recently
+  seen surfaces and memory stays bounded by the cap.
+
+Per-``add`` work is vectorised: the incoming points are reduced to one entry per voxel with torch on their own
+device (GPU if they live there), then merged on the host through a sorted key index (a large sorted main index plus
+a small sorted delta index that is folded in when it grows, so inserting is not O(map size) per frame).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_AXIS_BITS = 21
+_AXIS_OFFSET = 1 << (_AXIS_BITS - 1)
+_AXIS_MASK = (1 << _AXIS_BITS) - 1
+
+
+def _as_tensor(x, dtype=None) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return t if dtype is None else t.to(dtype)
+
+
+def reduce_to_voxels(points: torch.Tensor, colours: torch.Tensor, confidences: torch.Tensor, voxel_size: float
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """One entry per voxel of a point batch (on the points' device).
+
+    Returns (keys int64 [V] sorted, weight [V], mean position [V,3], mean colour [V,3] float, max confidence [V],
+    number of points dropped for being out of range, non-finite or with confidence <= 0).
+    """
+    pts = points.reshape(-1, 3).to(torch.float32)
+    col = colours.reshape(-1, 3).to(torch.float32)
+    conf = confidences.reshape(-1).to(torch.float32)
+    coords = torch.floor(pts * (1.0 / voxel_size))
+    valid = (coords.abs() < _AXIS_OFFSET - 1).all(dim=1) & (conf > 0) & torch.isfinite(conf)  # NaN fails both
+    n_dropped = int(pts.shape[0] - int(valid.sum()))
+    if n_dropped:
+        keep = torch.nonzero(valid).squeeze(1)
+        pts, col, conf, coords = pts[keep], col[keep], conf[keep], coords[keep]
+    c = coords.to(torch.int64) + _AXIS_OFFSET
+    keys = (c[:, 0] << (2 * _AXIS_BITS)) | (c[:, 1] << _AXIS_BITS) | c[:, 2]
+    ukeys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    n = ukeys.shape[0]
+    # one [N,7] scatter-add of (w, w*p, w*c): float32 is ample for voxel means (relative error ~1e-7)
+    data = torch.empty(pts.shape[0], 7, dtype=torch.float32, device=pts.device)
+    data[:, 0] = conf
+    torch.mul(pts, conf[:, None], out=data[:, 1:4])
+    torch.mul(col, conf[:, None], out=data[:, 4:7])
+    sums = torch.zeros(n, 7, dtype=torch.float32, device=pts.device).index_add_(0, inverse, data)
+    cmax = torch.zeros(n, dtype=torch.float32, device=pts.device).scatter_reduce_(
+        0, inverse, conf, reduce="amax", include_self=False)
+    w = sums[:, 0]
+    return ukeys, w.double(), sums[:, 1:4] / w[:, None], sums[:, 4:7] / w[:, None], cmax, n_dropped
+
+
+def voxel_centres(keys: np.ndarray, voxel_size: float) -> np.ndarray:
+    """Centres of voxels given their packed keys (for tests and debugging)."""
+    k = np.asarray(keys, dtype=np.int64)
+    xyz = np.stack([(k >> (2 * _AXIS_BITS)) & _AXIS_MASK, (k >> _AXIS_BITS) & _AXIS_MASK, k & _AXIS_MASK], axis=1)
+    return (xyz - _AXIS_OFFSET + 0.5) * voxel_size
+
+
+class VoxelMap:
+    """Bounded, confidence-weighted voxel map (see the module docstring for the merge and eviction rules)."""
+
+    def __init__(self, voxel_size: float = 0.02, max_points: int = 2_000_000, evict_fraction: float = 0.05,
+                 delta_index_max: int = 65536) -> None:
+        if not (voxel_size > 0 and np.isfinite(voxel_size)):
+            raise ValueError(f"VoxelMap: voxel_size must be a positive finite number, got {voxel_size}")
+        if int(max_points) < 1:
+            raise ValueError(f"VoxelMap: max_points must be >= 1, got {max_points}")
+        if not 0.0 <= evict_fraction < 1.0:
+            raise ValueError(f"VoxelMap: evict_fraction must be in [0, 1), got {evict_fraction}")
+        self.voxel_size = float(voxel_size)
+        self.max_points = int(max_points)
+        self.evict_fraction = float(evict_fraction)
+        self.delta_index_max = int(delta_index_max)
+        self.evicted_total = 0
+        self.dropped_total = 0
+        self.updates = 0
+        self.clear()
+
+    def clear(self) -> None:
+        self._n = 0
+        cap = 1024
+        self._key = np.zeros(cap, np.int64)
+        self._pos = np.zeros((cap, 3), np.float32)
+        self._col = np.zeros((cap, 3), np.float32)
+        self._conf = np.zeros(cap, np.float32)
+        self._weight = np.zeros(cap, np.float64)
+        self._last = np.zeros(cap, np.int64)
+        self._main_keys = np.zeros(0, np.int64)
+        self._main_slots = np.zeros(0, np.int64)
+        self._delta_keys = np.zeros(0, np.int64)
+        self._delta_slots = np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return self._n
+
+    # ------------------------------------------------------------------------------------------------- reads
+    def points(self) -> np.ndarray:
+        return self._pos[:self._n].copy()
+
+    def colours(self) -> np.ndarray:
+        """uint8 [N,3]."""
+        return np.clip(np.rint(self._col[:self._n]), 0, 255).astype(np.uint8)
+
+    def confidences(self) -> np.ndarray:
+        return self._conf[:self._n].copy()
+
+    def weights(self) -> np.ndarray:
+        return self._weight[:self._n].copy()
+
+    def keys(self) -> np.ndarray:
+        return self._key[:self._n].copy()
+
+    def nbytes(self) -> int:
+        arrays = (self._key, self._pos, self._col, self._conf, self._weight, self._last, self._main_keys,
+                  self._main_slots, self._delta_keys, self._delta_slots)
+        return int(sum(a.nbytes for a in arrays))
+
+    # ------------------------------------------------------------------------------------------------ writes
+    def add(self, points_world, colours, confidences) -> int:
+        """Merge points [N,3] (float), colours [N,3] (uint8 or float 0..255) and confidences [N] (> 0).
+
+        numpy arrays or torch tensors (any device). Returns the number of voxels touched.
+        """
+        pts = _as_tensor(points_world)
+        col = _as_tensor(colours)
+        conf = _as_tensor(confidences)
+        if pts.ndim < 2 or pts.shape[-1] != 3:
+            raise ValueError(f"VoxelMap.add: points must be [N,3], got {tuple(pts.shape)}")
+        n = pts.numel() // 3
+        if col.numel() != 3 * n or conf.numel() != n:
+            raise ValueError(f"VoxelMap.add: {n} points but colours {tuple(col.shape)}, "
+                             f"confidences {tuple(conf.shape)}")
+        self.updates += 1
+        if n == 0:
+            return 0
+        keys, w, mp, mc, cmax, dropped = reduce_to_voxels(pts, col, conf, self.voxel_size)
+        self.dropped_total += dropped
+        keys = keys.cpu().numpy()
+        if keys.size == 0:
+            return 0
+        w, mp, mc, cmax = w.cpu().numpy(), mp.cpu().numpy(), mc.cpu().numpy(), cmax.cpu().numpy()
+        slots = self._lookup(keys)
+        found = slots >= 0
+        if np.any(found):
+            s = slots[found]
+            wn = self._weight[s] + w[found]
+            frac = (w[found] / wn)[:, None]
+            self._pos[s] += (frac * (mp[found] - self._pos[s])).astype(np.float32)
+            self._col[s] += (frac * (mc[found] - self._col[s])).astype(np.float32)
+            self._weight[s] = wn
+            self._conf[s] = np.maximum(self._conf[s], cmax[found])
+            self._last[s] = self.updates
+        new = ~found
+        n_new = int(new.sum())
+        if n_new:
+            self._reserve(self._n + n_new)
+            s = np.arange(self._n, self._n + n_new)
+            self._key[s] = keys[new]
+            self._pos[s] = mp[new]
+            self._col[s] = mc[new]
+            self._weight[s] = w[new]
+            self._conf[s] = cmax[new]
+            self._last[s] = self.updates
+            self._n += n_new
+            self._insert_delta(keys[new], s)  # keys come sorted from torch.unique
+        if self._n > self.max_points:
+            self._evict()
+        return int(keys.size)
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _reserve(self, needed: int) -> None:
+        cap = self._key.shape[0]
+        if needed <= cap:
+            return
+        new_cap = max(needed, min(2 * cap, self.max_points + needed - self._n))
+        for name in ("_key", "_pos", "_col", "_conf", "_weight", "_last"):
+            old = getattr(self, name)
+            grown = np.zeros((new_cap,) + old.shape[1:], old.dtype)
+            grown[:self._n] = old[:self._n]
+            setattr(self, name, grown)
+
+    @staticmethod
+    def _search(sorted_keys: np.ndarray, sorted_slots: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        if sorted_keys.size == 0:
+            return np.full(keys.shape, -1, np.int64)
+        i = np.searchsorted(sorted_keys, keys)
+        i_clipped = np.minimum(i, sorted_keys.size - 1)
+        hit = sorted_keys[i_clipped] == keys
+        return np.where(hit, sorted_slots[i_clipped], -1)
+
+    def _lookup(self, keys: np.ndarray) -> np.ndarray:
+        slots = self._search(self._main_keys, self._main_slots, keys)
+        missing = slots < 0
+        if np.any(missing) and self._delta_keys.size:
+            slots[missing] = self._search(self._delta_keys, self._delta_slots, keys[missing])
+        return slots
+
+    def _insert_delta(self, keys_sorted: np.ndarray, slots: np.ndarray) -> None:
+        pos = np.searchsorted(self._delta_keys, keys_sorted)
+        self._delta_keys = np.insert(self._delta_keys, pos, keys_sorted)
+        self._delta_slots = np.insert(self._delta_slots, pos, slots)
+        if self._delta_keys.size > self.delta_index_max:
+            pos = np.searchsorted(self._main_keys, self._delta_keys)
+            self._main_keys = np.insert(self._main_keys, pos, self._delta_keys)
+            self._main_slots = np.insert(self._main_slots, pos, self._delta_slots)
+            self._delta_keys = np.zeros(0, np.int64)
+            self._delta_slots = np.zeros(0, np.int64)
+
+    def _evict(self) -> None:
+        target = int(self.max_points * (1.0 - self.evict_fraction))
+        n_out = self._n - target
+        # least recently updated first; among equals the least confident first
+        order = np.lexsort((self._conf[:self._n], self._last[:self._n]))
+        keep = np.sort(order[n_out:])
+        for name in ("_key", "_pos", "_col", "_conf", "_weight", "_last"):
+            arr = getattr(self, name)
+            arr[:target] = arr[keep]
+        self._n = target
+        self.evicted_total += n_out
+        order = np.argsort(self._key[:target], kind="stable")
+        self._main_keys = self._key[:target][order].copy()
+        self._main_slots = order.astype(np.int64)
+        self._delta_keys = np.zeros(0, np.int64)
+        self._delta_slots = np.zeros(0, np.int64)
