@@ -1,0 +1,91 @@
+"""Tracking state, odometry covariance and the /diagnostics summary derived from per-frame confidence.
+
+The model gives no calibrated pose uncertainty; what it does give is a per-pixel confidence. The fraction of
+pixels that pass `confidence_threshold` is a usable proxy for how much geometry supports the pose, so variances
+scale with its inverse, and below `tracking_lost_fraction` the pose is reported as lost with 9999 variances
+(rtabmap's BAD_COVARIANCE convention), which robot_localization and Nav2 treat as "ignore".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from std_msgs.msg import Header
+
+LOST_VARIANCE = 9999.0
+
+TRACKING_INITIALIZING, TRACKING_OK, TRACKING_DEGRADED, TRACKING_LOST = 0, 1, 2, 3
+TRACKING_NAMES = {TRACKING_INITIALIZING: "initializing", TRACKING_OK: "ok", TRACKING_DEGRADED: "degraded",
+                  TRACKING_LOST: "lost"}
+
+
+def tracking_state(confident_fraction: float, degraded_fraction: float, lost_fraction: float) -> int:
+    if confident_fraction < lost_fraction:
+        return TRACKING_LOST
+    if confident_fraction < degraded_fraction:
+        return TRACKING_DEGRADED
+    return TRACKING_OK
+
+
+def pose_covariance_diagonal(confident_fraction: float, state: int, position_variance_m2: float,
+                             rotation_variance_rad2: float) -> list[float]:
+    """(x, y, z, rx, ry, rz) variances: base / confident fraction; LOST -> 9999. Never zero."""
+    if state == TRACKING_LOST:
+        return [LOST_VARIANCE] * 6
+    scale = 1.0 / max(confident_fraction, 1e-3)
+    return [position_variance_m2 * scale] * 3 + [rotation_variance_rad2 * scale] * 3
+
+
+@dataclass
+class HealthSummary:
+    """What status and /diagnostics both report (kept in one object so they cannot disagree)."""
+    tracking_state: int = TRACKING_INITIALIZING
+    frame_index: int = 0
+    frames_received: int = 0
+    frames_processed: int = 0
+    frames_dropped: int = 0
+    frames_rejected: int = 0
+    inference_latency_ms: float = 0.0
+    end_to_end_latency_ms: float = 0.0
+    queue_wait_ms: float = 0.0          # callback -> worker start of the last processed frame
+    confident_fraction: float = 0.0
+    confidence_mean: float = 0.0
+    gate_mean: float = 0.0
+    resets: int = 0
+    map_points: int = 0
+    paused: bool = False
+    input_stale: str = ""               # non-empty while no image arrived for input_timeout_s (says what to check)
+    device: str = ""
+    message: str = "waiting for images"
+
+    def level(self) -> bytes:
+        if self.tracking_state == TRACKING_LOST:
+            return DiagnosticStatus.ERROR
+        if self.tracking_state in (TRACKING_DEGRADED, TRACKING_INITIALIZING) or self.paused or self.input_stale:
+            return DiagnosticStatus.WARN
+        return DiagnosticStatus.OK
+
+
+def diagnostics(summary: HealthSummary, header: Header, node_name: str) -> DiagnosticArray:
+    status = DiagnosticStatus()
+    status.level = summary.level()
+    status.name = f"{node_name}: odometry"
+    status.hardware_id = summary.device
+    state = TRACKING_NAMES[summary.tracking_state]
+    status.message = (f"tracking {state}" + (" (paused)" if summary.paused else "")
+                      + f": {summary.input_stale or summary.message}")
+    pairs = {
+        "tracking_state": state, "frame_index": summary.frame_index, "frames_received": summary.frames_received,
+        "frames_processed": summary.frames_processed, "frames_dropped": summary.frames_dropped,
+        "frames_rejected": summary.frames_rejected, "inference_latency_ms": f"{summary.inference_latency_ms:.1f}",
+        "end_to_end_latency_ms": f"{summary.end_to_end_latency_ms:.1f}",
+        "queue_wait_ms": f"{summary.queue_wait_ms:.1f}",
+        "confident_fraction": f"{summary.confident_fraction:.3f}", "confidence_mean": f"{summary.confidence_mean:.3f}",
+        "gate_mean": f"{summary.gate_mean:.3f}", "resets": summary.resets, "map_points": summary.map_points,
+        "paused": summary.paused, "device": summary.device,
+    }
+    status.values = [KeyValue(key=k, value=str(v)) for k, v in pairs.items()]
+    array = DiagnosticArray()
+    array.header = header
+    array.status = [status]
+    return array

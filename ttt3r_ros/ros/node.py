@@ -1,0 +1,747 @@
+"""ttt3r_node: a managed (lifecycle) ROS 2 node that adapts camera messages to the streaming engine and
+publishes odometry, TF, clouds, depth, confidence, status and diagnostics.
+
+Lifecycle: configure loads the weights and warms up (a missing checkpoint fails the transition, the node stays
+unconfigured and alive), activate subscribes and starts the inference worker, deactivate unsubscribes and stops
+it, cleanup frees the model (and CUDA memory). `autostart` runs configure + activate at start.
+
+Threads: ROS callbacks (executor threads) only enqueue the message (no decoding); one worker thread takes
+frames from the FrameQueue, runs the engine and publishes. Engine access is serialised by `_engine_lock`, so the
+services (reset, save_*) can run from executor threads at any time.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry, Path
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from ttt3r_ros.ros import conversions as conv
+from ttt3r_ros.ros import health, parameters, qos
+from ttt3r_ros.ros.frame_queue import FrameQueue
+from ttt3r_ros.ros.static_tf import ExtrinsicLookup
+
+NODE_NAME = "ttt3r_node"
+_THROTTLE_S = 2.0
+
+
+@dataclass
+class _Frame:
+    msg: Any                    # Image or CompressedImage, decoded in the worker (callbacks stay cheap)
+    received_wall_s: float      # time.monotonic() at the callback
+
+
+def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Executor callbacks must never raise: rclpy's executor re-raises callback exceptions out of spin(), which
+    would take the whole node down. Log instead; services answer success=False with the error."""
+    @functools.wraps(callback)
+    def wrapper(self: "Ttt3rNode", *args: Any) -> Any:
+        try:
+            return callback(self, *args)
+        except Exception as exc:
+            text = f"{callback.__name__} failed: {type(exc).__name__}: {exc}"
+            self._log_throttled("error", text)
+            if len(args) == 2 and hasattr(args[1], "success"):   # a service: (request, response)
+                args[1].success = False
+                if hasattr(args[1], "message"):
+                    args[1].message = text
+                return args[1]
+            return None
+    return wrapper
+
+
+class Ttt3rNode(LifecycleNode):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        parameters.declare_parameters(self)
+        self.add_on_set_parameters_callback(parameters.on_set_parameters)
+        self._input_group = MutuallyExclusiveCallbackGroup()   # image callbacks may block (process_all_frames)
+        self._service_group = ReentrantCallbackGroup()
+        self._timer_clock = Clock(clock_type=ClockType.STEADY_TIME)  # timers tick without /clock under sim time
+        self._engine_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._last_logged: dict[str, float] = {}
+        self._reset_entities()
+
+    # ------------------------------------------------------------------------------------------ state
+    def _reset_entities(self) -> None:
+        self._model: Any = None
+        self._engine: Any = None
+        self._device = ""
+        self._p: dict[str, Any] = {}
+        self._pubs: dict[str, Any] = {}
+        self._srv_handles: list[Any] = []
+        self._timer_handles: list[Any] = []
+        self._subs: list[Any] = []
+        self._extrinsic: ExtrinsicLookup | None = None
+        self._queue: FrameQueue[_Frame] | None = None
+        self._worker: threading.Thread | None = None
+        self._running = False
+        self._paused = False
+        self._camera_k: np.ndarray | None = None
+        self._camera_k_size: tuple[int, int] | None = None
+        self._t_base_cam: np.ndarray | None = None
+        self._t_base_cam_frame = ""
+        self._engine_camera_frame = ""
+        self._extrinsic_wait_since: float | None = None
+        self._active_since_s = 0.0
+        self._last_image_wall_s: float | None = None
+        self._prev_pose: tuple[float, np.ndarray] | None = None
+        self._path: deque[PoseStamped] = deque()
+        self._trajectory: list[tuple[float, np.ndarray]] = []
+        self._summary = health.HealthSummary()
+        self._last_header = Header()
+        self._map_dirty = False
+        self._rejected = 0
+        self._processed = 0
+        self._frame_index = 0
+
+    def _log_throttled(self, level: str, text: str, period_s: float = _THROTTLE_S, key: str | None = None) -> None:
+        """Log each distinct message (or `key`) at most once per period. rclpy's own throttle is per call site,
+        which would hide a different error arriving right after another one."""
+        key = text if key is None else key
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -1e9) < period_s:
+            return
+        if len(self._last_logged) > 256:
+            self._last_logged.clear()
+        self._last_logged[key] = now
+        # one call site per severity: rclpy refuses a call site that logs at two severities
+        if level == "error":
+            self.get_logger().error(text)
+        else:
+            self.get_logger().warning(text)
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        errors = parameters.validate_node_parameters(self)
+        if errors:
+            for e in errors:
+                self.get_logger().error(f"configure failed: invalid parameter: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self._p = parameters.values(self)
+        try:
+            self._load_engine()
+        except Exception as exc:  # any load problem must leave the node unconfigured, not dead
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self._free_model()
+            return TransitionCallbackReturn.FAILURE
+        self._create_outputs()
+        self.get_logger().info(
+            f"configured: model {self._p['model_config']} ({self._p['weights']}), update_rule "
+            f"{self._p['update_rule']}, device {self._device}, {self._p['precision']}, "
+            f"camera extrinsic via {self._extrinsic.backend if self._extrinsic else '-'}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = self._p
+        self._queue = FrameQueue(process_all=bool(p["process_all_frames"]), max_size=int(p["queue_size"]))
+        in_qos = qos.input_qos(p["input_qos"], int(p["input_qos_depth"]))
+        if p["image_transport"] == "compressed":
+            self._subs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image,
+                                                       in_qos, callback_group=self._input_group))
+        else:
+            self._subs.append(self.create_subscription(Image, "image", self._on_image, in_qos,
+                                                       callback_group=self._input_group))
+        if p["use_camera_info"]:
+            self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, in_qos,
+                                                       callback_group=self._service_group))
+        self._running = True
+        self._active_since_s = time.monotonic()
+        self._last_image_wall_s = None
+        self._worker = threading.Thread(target=self._worker_loop, name="ttt3r_worker", daemon=True)
+        self._worker.start()
+        topic = self._subs[0].topic_name
+        self.get_logger().info(
+            f"active: subscribed to {topic} ({p['input_qos']} QoS), "
+            f"{'process_all_frames (in order)' if p['process_all_frames'] else 'keep-latest frame policy'}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        self._destroy_outputs()
+        self._free_model()
+        self._reset_entities()
+        self.get_logger().info("cleaned up: model freed")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_input()
+        self._destroy_outputs()
+        self._free_model()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error("lifecycle error: stopping input and freeing the model")
+        self._stop_input()
+        self._destroy_outputs()
+        self._free_model()
+        self._reset_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    # ------------------------------------------------------------------------------------ model
+    def _load_engine(self) -> None:
+        import torch
+
+        from ttt3r_ros.model import UPDATE_RULES, build_model, load_model_config
+
+        p = self._p
+        weights = str(p["weights"]).strip()
+        if not weights:
+            raise ValueError("parameter 'weights' is empty: give a checkpoint path (.safetensors or .pth), "
+                             "or 'random' for a random-weight smoke test")
+        if weights == "random":
+            self.get_logger().warning("weights:=random: deterministic random initialisation, outputs are meaningless")
+            weights_arg = None
+        else:
+            weights_arg = os.path.abspath(os.path.expanduser(weights))
+            if not os.path.isfile(weights_arg):
+                what = "is a folder, not a checkpoint file" if os.path.isdir(weights_arg) else "not found"
+                raise FileNotFoundError(f"checkpoint {what}: {weights_arg} (parameter 'weights')")
+        if p["update_rule"] not in UPDATE_RULES:
+            raise ValueError(f"update_rule={p['update_rule']!r} is not one of {sorted(UPDATE_RULES)}")
+        device = p["device"]
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.get_logger().info(f"device:=auto resolved to {device}")
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} requested but CUDA is not available (use device:=cpu)")
+        self._device = device
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[p["precision"]]
+        cfg = load_model_config(p["model_config"])
+        model = build_model(cfg, weights=weights_arg, device=device, dtype=dtype)
+        model.eval()
+        self._model = model
+        # A throwaway engine validates the engine options now (not at the first frame) and warms up; the real
+        # one is made at the first frame, once the camera mount (T_base_camera) is known, so it starts with a
+        # clean state and an empty map.
+        warm = self._new_engine(None)
+        if int(p["warmup_frames"]) > 0:
+            size = int(p["image_size"])
+            rng = np.random.default_rng(0)
+            frame = rng.integers(0, 255, size=(size * 3 // 4, size, 3), dtype=np.uint8)
+            t0 = time.monotonic()
+            for i in range(int(p["warmup_frames"])):
+                warm.step(frame, float(i))
+            self.get_logger().info(f"warm-up: {p['warmup_frames']} frame(s) in {(time.monotonic() - t0) * 1e3:.0f} ms")
+        del warm
+
+    def _new_engine(self, t_base_cam: np.ndarray | None) -> Any:
+        from ttt3r_ros.engine import StreamingReconstructor
+
+        p = self._p
+        return StreamingReconstructor(
+            self._model, update_rule=p["update_rule"], reset_interval=int(p["reset_interval"]) or None,
+            size=int(p["image_size"]), confidence_threshold=float(self.get_parameter("confidence_threshold").value),
+            voxel_size=float(p["voxel_size_m"]), map_max_points=int(p["map_max_points"]),
+            camera_to_base=t_base_cam)
+
+    def _free_model(self) -> None:
+        with self._engine_lock:
+            self._engine = None
+            self._model = None
+        if self._device.startswith("cuda"):
+            import torch
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------------------------ outputs
+    def _create_outputs(self) -> None:
+        from ttt3r_ros.msg import Status
+        from tf2_msgs.msg import TFMessage
+
+        pub = self.create_lifecycle_publisher
+        self._pubs = {
+            "odom": pub(Odometry, "odom", qos.ODOM_QOS),
+            "tf": pub(TFMessage, "/tf", qos.TF_QOS),
+            "path": pub(Path, "path", qos.LATCHED_QOS),
+            "points": pub(PointCloud2, "points", qos.STREAM_OUTPUT_QOS),
+            "map_points": pub(PointCloud2, "map_points", qos.LATCHED_QOS),
+            "depth": pub(Image, "depth/image", qos.STREAM_OUTPUT_QOS),
+            "depth_info": pub(CameraInfo, "depth/camera_info", qos.STREAM_OUTPUT_QOS),
+            "confidence": pub(Image, "confidence/image", qos.STREAM_OUTPUT_QOS),
+            "status": pub(Status, "status", qos.ODOM_QOS),
+            "diagnostics": pub(DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS_QOS),
+        }
+        self._status_type = Status
+        self._tf_type = TFMessage
+        from ttt3r_ros.srv import SaveToFile
+        srv = self.create_service
+        g = self._service_group
+        self._srv_handles = [
+            srv(Trigger, "~/reset", self._srv_reset, callback_group=g),
+            srv(Trigger, "~/pause", self._srv_pause, callback_group=g),
+            srv(Trigger, "~/resume", self._srv_resume, callback_group=g),
+            srv(SaveToFile, "~/save_map", self._srv_save_map, callback_group=g),
+            srv(SaveToFile, "~/save_trajectory", self._srv_save_trajectory, callback_group=g),
+        ]
+        self._timer_handles = [
+            self.create_timer(1.0, self._publish_diagnostics, callback_group=g, clock=self._timer_clock),
+            self.create_timer(float(self._p["map_publish_period_s"]), self._publish_map, callback_group=g,
+                              clock=self._timer_clock),
+        ]
+        self._extrinsic = ExtrinsicLookup(self)
+        self._summary = health.HealthSummary(device=self._device)
+
+    def _destroy_outputs(self) -> None:
+        for t in self._timer_handles:
+            self.destroy_timer(t)
+        for s in self._srv_handles:
+            self.destroy_service(s)
+        for p in self._pubs.values():
+            self.destroy_lifecycle_publisher(p)
+        if self._extrinsic is not None:
+            self._extrinsic.destroy()
+        self._timer_handles, self._srv_handles, self._pubs, self._extrinsic = [], [], {}, None
+
+    def _stop_input(self) -> None:
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        self._running = False
+        if self._queue is not None:
+            self._queue.close()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=30.0)
+        self._worker = None
+
+    # ------------------------------------------------------------------------------------ callbacks
+    @_guarded
+    def _on_image(self, msg: Any) -> None:
+        self._last_image_wall_s = time.monotonic()
+        if self._paused or self._queue is None:
+            return
+        self._queue.put(_Frame(msg=msg, received_wall_s=time.monotonic()))
+
+    @_guarded
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        from ttt3r_ros.engine import validate_intrinsics
+
+        k, reason = conv.intrinsics_from_camera_info(msg)
+        if k is not None:
+            try:   # the engine's own check too, so a K it would refuse never reaches (and fails) every frame
+                validate_intrinsics(k)
+            except ValueError as exc:
+                k, reason = None, str(exc)
+        if k is None:
+            self._log_throttled("warn", f"ignoring camera_info: {reason}; using model-estimated intrinsics")
+            with self._state_lock:
+                self._camera_k, self._camera_k_size = None, None
+            return
+        with self._state_lock:
+            self._camera_k, self._camera_k_size = k, (int(msg.height), int(msg.width))
+
+    # ------------------------------------------------------------------------------------ worker
+    def _worker_loop(self) -> None:
+        queue = self._queue
+        while self._running and queue is not None:
+            frame = queue.get(timeout_s=0.2)
+            if frame is None:
+                continue
+            try:
+                self._process(frame)
+            except Exception as exc:  # a bad frame or a failed step must never kill the worker
+                self._rejected += 1
+                self._summary.message = f"frame failed: {type(exc).__name__}: {exc}"
+                self._log_throttled("error", self._summary.message)
+
+    def _live_values(self) -> dict[str, Any]:
+        """Current values of the parameters that may change while active (read per frame)."""
+        return {spec.name: self.get_parameter(spec.name).value for spec in parameters.PARAMETERS
+                if not spec.read_only}
+
+    def _decode(self, msg: Any) -> np.ndarray:
+        if isinstance(msg, CompressedImage):
+            return conv.compressed_image_to_rgb(msg)
+        return conv.image_to_rgb(msg)
+
+    def _camera_extrinsic(self, camera_frame: str) -> np.ndarray | None:
+        """T_base_camera (camera optical -> base), cached once found (rigid mount)."""
+        from ttt3r_ros.engine import geometry
+
+        if self._t_base_cam is not None and self._t_base_cam_frame == camera_frame:
+            return self._t_base_cam
+        if self._p["camera_is_base"]:
+            # The camera *is* the body: base_frame sits at the camera with REP 103 axes.
+            t = geometry.T_BODY_FROM_OPTICAL.copy()
+        else:
+            t = self._extrinsic.lookup(self._p["base_frame"], camera_frame) if self._extrinsic else None
+            if t is None:
+                now = time.monotonic()
+                if self._extrinsic_wait_since is None:
+                    self._extrinsic_wait_since = now
+                if now - self._extrinsic_wait_since >= float(self._p["extrinsic_timeout_s"]):
+                    known = self._extrinsic.known_frames() if self._extrinsic else []
+                    self._log_throttled(
+                        "warn",
+                        f"no transform {self._p['base_frame']} -> {camera_frame} in TF (known static frames: "
+                        f"{known}); frames are skipped. Publish the camera mount (URDF or static_transform_publisher)"
+                        f" or set camera_is_base:=true if the camera itself is the robot body",
+                        period_s=_THROTTLE_S * 5)
+                return None
+        self._t_base_cam, self._t_base_cam_frame = t, camera_frame
+        self.get_logger().info(f"camera extrinsic {self._p['base_frame']} -> {camera_frame}: "
+                               f"t={np.round(t[:3, 3], 4).tolist()}")
+        return t
+
+    def _process(self, frame: _Frame) -> None:
+        t_worker_start = time.monotonic()
+        msg = frame.msg
+        p = self._p
+        try:
+            rgb = self._decode(msg)
+        except conv.ImageConversionError as exc:
+            self._rejected += 1
+            self._summary.message = f"rejected input image: {exc}"
+            self._log_throttled("error", self._summary.message)
+            return
+        camera_frame = (p["camera_frame"] or msg.header.frame_id).lstrip("/")
+        if not camera_frame:
+            self._rejected += 1
+            self._summary.message = "image header.frame_id is empty and parameter camera_frame is not set"
+            self._log_throttled("error", self._summary.message)
+            return
+        t_base_cam = self._camera_extrinsic(camera_frame)
+        if t_base_cam is None:
+            self._rejected += 1
+            self._summary.message = f"waiting for TF {p['base_frame']} -> {camera_frame}"
+            return
+
+        intrinsics = None
+        with self._state_lock:
+            if self._camera_k is not None:
+                if self._camera_k_size == rgb.shape[:2]:
+                    intrinsics = self._camera_k
+                else:
+                    self._log_throttled(
+                        "warn", f"camera_info size {self._camera_k_size} differs from the image {rgb.shape[:2]}; "
+                        "ignoring it")
+
+        stamp = msg.header.stamp
+        stamp_s = conv.stamp_to_seconds(stamp)
+        with self._engine_lock:
+            if self._model is None:
+                return
+            if self._engine is None:
+                self._engine = self._new_engine(t_base_cam)
+                self._engine_camera_frame = camera_frame
+            elif camera_frame != self._engine_camera_frame:
+                # the engine's odometry and map are tied to the first camera's mount: never mix two cameras
+                self._rejected += 1
+                self._summary.message = (f"image frame_id {camera_frame!r} differs from the stream's camera "
+                                         f"{self._engine_camera_frame!r}; frame ignored (one camera per node)")
+                self._log_throttled("error", self._summary.message)
+                return
+            result = self._engine.step(rgb, stamp_s, intrinsics=intrinsics)
+            self._map_dirty = True
+            map_size = len(self._engine.voxel_map)
+        t_odom_base = np.asarray(result.base_in_odom, dtype=np.float64)   # engine owns the frame conventions
+        self._processed += 1
+        self._frame_index += 1
+
+        confidence = np.asarray(result.confidence, dtype=np.float32)
+        live = self._live_values()
+        thr = float(live["confidence_threshold"])
+        confident_fraction = float(np.mean(confidence >= thr))
+        state = health.tracking_state(confident_fraction, float(live["tracking_degraded_fraction"]),
+                                      float(live["tracking_lost_fraction"]))
+        cov = health.pose_covariance_diagonal(confident_fraction, state, float(live["position_variance_m2"]),
+                                              float(live["rotation_variance_rad2"]))
+
+        odom_header = Header(stamp=stamp, frame_id=p["odom_frame"])
+        cam_header = Header(stamp=stamp, frame_id=camera_frame)
+        self._publish_pose(t_odom_base, stamp_s, odom_header, cov)
+        self._publish_images(result, cam_header, thr)
+
+        # Status + diagnostics summary
+        timings = result.timings_ms
+        queue_counts = self._queue.snapshot() if self._queue is not None else {}
+        s = self._summary
+        s.tracking_state = state
+        s.frame_index = self._frame_index
+        s.frames_received = int(queue_counts.get("received", 0))
+        s.frames_dropped = int(queue_counts.get("dropped", 0))
+        s.frames_processed = self._processed
+        s.frames_rejected = self._rejected
+        s.inference_latency_ms = float(timings.get("model", timings.get("total", 0.0)))
+        now_ns = self.get_clock().now().nanoseconds
+        # under use_sim_time the clock is 0 until the first /clock message: report "unknown", not a huge number
+        s.end_to_end_latency_ms = float((now_ns * 1e-9 - stamp_s) * 1e3) if now_ns > 0 else float("nan")
+        s.confident_fraction = confident_fraction
+        s.confidence_mean = float(confidence.mean())
+        s.gate_mean = float(result.gate_mean)
+        s.queue_wait_ms = (t_worker_start - frame.received_wall_s) * 1e3
+        s.map_points = int(map_size)
+        s.paused = self._paused
+        s.message = f"{health.TRACKING_NAMES[state]}; confident {confident_fraction:.2f}"
+        if result.was_reset and self._frame_index > 1:   # service reset, reset_interval (not the first frame)
+            s.resets += 1
+        self._last_header = cam_header
+        st = self._status_type()
+        st.header = cam_header
+        st.frame_index = s.frame_index
+        st.tracking_state = state
+        st.inference_latency_ms = s.inference_latency_ms
+        st.end_to_end_latency_ms = s.end_to_end_latency_ms
+        st.frames_received = s.frames_received
+        st.frames_processed = s.frames_processed
+        st.frames_dropped = s.frames_dropped
+        st.frames_rejected = s.frames_rejected
+        st.gate_mean = s.gate_mean
+        st.gate_min = float(result.gate_min)
+        st.gate_max = float(result.gate_max)
+        st.confidence_mean = s.confidence_mean
+        st.confident_fraction = confident_fraction
+        st.resets = s.resets
+        st.map_points = s.map_points
+        st.message = s.message
+        self._pubs["status"].publish(st)
+        if state == health.TRACKING_LOST:
+            self._log_throttled("warn", f"tracking lost: only {confident_fraction:.1%} of pixels are confident "
+                                f"(threshold {thr}); odometry covariance set to {health.LOST_VARIANCE}",
+                                key="tracking lost")
+
+    def _publish_pose(self, t_odom_base: np.ndarray, stamp_s: float, header: Header, cov: list[float]) -> None:
+        p = self._p
+        base = p["base_frame"]
+        twist_lin, twist_ang = np.zeros(3), np.zeros(3)
+        twist_cov = [health.LOST_VARIANCE] * 6   # unknown until two poses exist
+        if self._prev_pose is not None and stamp_s > self._prev_pose[0]:
+            dt = stamp_s - self._prev_pose[0]
+            twist_lin, twist_ang = conv.body_twist_from_poses(self._prev_pose[1], t_odom_base, dt)
+            twist_cov = [2.0 * c / (dt * dt) for c in cov]
+        self._prev_pose = (stamp_s, t_odom_base)
+        self._pubs["odom"].publish(conv.odometry(t_odom_base, header, base, cov, twist_cov, twist_lin, twist_ang))
+        if self.get_parameter("publish_tf").value:
+            if self.get_parameter("invert_tf").value:
+                from ttt3r_ros.engine import geometry
+                tf = conv.transform_stamped(geometry.invert_se3(t_odom_base), Header(stamp=header.stamp,
+                                            frame_id=base), p["odom_frame"])
+            else:
+                tf = conv.transform_stamped(t_odom_base, header, base)
+            self._pubs["tf"].publish(self._tf_type(transforms=[tf]))
+        pose = PoseStamped(header=header, pose=conv.pose_from_matrix(t_odom_base))
+        with self._state_lock:
+            self._path.append(pose)
+            while len(self._path) > int(p["path_max_length"]):
+                self._path.popleft()
+            self._trajectory.append((stamp_s, t_odom_base))
+            path = Path(header=header, poses=list(self._path))
+        self._pubs["path"].publish(path)
+
+    def _publish_images(self, result: Any, header: Header, thr: float) -> None:
+        """Heavy outputs: only converted and sent when someone listens."""
+        pubs = self._pubs
+        want_points = pubs["points"].get_subscription_count() > 0
+        want_depth = pubs["depth"].get_subscription_count() > 0 or pubs["depth_info"].get_subscription_count() > 0
+        want_conf = pubs["confidence"].get_subscription_count() > 0
+        if not (want_points or want_depth or want_conf):
+            return
+        confidence = np.asarray(result.confidence, dtype=np.float32)
+        if want_points:
+            pubs["points"].publish(conv.point_cloud(np.asarray(result.points_camera), np.asarray(result.colour),
+                                                    confidence, header, confidence_threshold=thr))
+        if want_depth:
+            depth = np.asarray(result.depth, dtype=np.float32).copy()
+            depth[~(confidence >= thr)] = np.nan   # REP 118: NaN = no valid measurement
+            pubs["depth"].publish(conv.float_image(depth, header))
+            h, w = depth.shape
+            pubs["depth_info"].publish(conv.camera_info_from_intrinsics(np.asarray(result.intrinsics_model), h, w,
+                                                                        header))
+        if want_conf:
+            pubs["confidence"].publish(conv.float_image(confidence, header))
+
+    # ------------------------------------------------------------------------------------ timers
+    @_guarded
+    def _publish_diagnostics(self) -> None:
+        pub = self._pubs.get("diagnostics")
+        if pub is None or not self._running:
+            return
+        s = self._summary
+        if self._queue is not None:
+            counts = self._queue.snapshot()
+            s.frames_received, s.frames_dropped = counts["received"], counts["dropped"]
+        s.frames_rejected = self._rejected
+        s.paused = self._paused
+        timeout_s = float(self.get_parameter("input_timeout_s").value)
+        last = self._last_image_wall_s
+        silent_s = time.monotonic() - (last if last is not None else self._active_since_s)
+        s.input_stale = ""
+        if silent_s > timeout_s and self._subs:
+            s.input_stale = (f"no image on {self._subs[0].topic_name} for {silent_s:.0f} s"
+                             f"{' (none since activation)' if last is None else ''}: check the remapping, that the "
+                             f"camera publishes, and QoS (input_qos={self._p['input_qos']})")
+            self._log_throttled("warn", s.input_stale, period_s=30.0, key="input stale")
+        header = Header(stamp=self._last_header.stamp if self._frame_index else self.get_clock().now().to_msg())
+        pub.publish(health.diagnostics(s, header, self.get_fully_qualified_name()))
+
+    @_guarded
+    def _publish_map(self) -> None:
+        pub = self._pubs.get("map_points")
+        if pub is None or not self._running or not self._map_dirty or pub.get_subscription_count() == 0:
+            return
+        with self._engine_lock:
+            if self._engine is None:
+                return
+            pts_odom, cols, confs = self._map_in_odom()
+            self._map_dirty = False
+        header = Header(stamp=self._last_header.stamp, frame_id=self._p["odom_frame"])
+        pub.publish(conv.point_cloud(pts_odom, cols, confs, header))
+
+    def _map_in_odom(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Voxel map (points, uint8 colours, confidences) in odom_frame; call with _engine_lock held."""
+        from ttt3r_ros.engine import geometry
+
+        vm = self._engine.voxel_map
+        pts, cols, confs = vm.points(), vm.colours(), vm.confidences()
+        # The engine's world is the first camera's optical frame and odom is the first base frame, so
+        # T_odom_world = T_base_camera (the engine's camera_to_base).
+        t_odom_world = np.asarray(self._engine.config.camera_to_base, dtype=np.float64)
+        return geometry.transform_points(t_odom_world, pts.astype(np.float64)).astype(np.float32), cols, confs
+
+    # ------------------------------------------------------------------------------------ services
+    @_guarded
+    def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._engine_lock:
+            if self._model is None:
+                response.success, response.message = False, "not configured"
+                return response
+            if self._engine is not None:
+                # state, trajectory and map start over; the next frame is the identity pose of odom_frame
+                self._engine.reset(restart_odometry=True)
+            self._prev_pose = None
+        with self._state_lock:
+            self._path.clear()
+            self._trajectory.clear()
+        self._map_dirty = True   # the next map_points message shows the cleared map
+        # (resets are counted when the engine reports the new chunk at the next frame)
+        self._summary.tracking_state = health.TRACKING_INITIALIZING
+        response.success = True
+        response.message = ("state reset: the next frame starts a new chunk, odometry restarts at identity, "
+                            "path and map are cleared")
+        self.get_logger().info(response.message)
+        return response
+
+    @_guarded
+    def _srv_pause(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._paused = True
+        n = self._queue.clear() if self._queue is not None else 0
+        response.success, response.message = True, f"paused: incoming frames are ignored ({n} waiting dropped)"
+        self.get_logger().info(response.message)
+        return response
+
+    @_guarded
+    def _srv_resume(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        was = self._paused
+        self._paused = False
+        response.success = True
+        response.message = "resumed" if was else "was not paused"
+        self.get_logger().info(response.message)
+        return response
+
+    def _log_result(self, success: bool, text: str) -> None:
+        # separate call sites: rclpy refuses one call site logging at two severities
+        if success:
+            self.get_logger().info(text)
+        else:
+            self.get_logger().error(text)
+
+    def _resolve_path(self, requested: str, default_param: str) -> str:
+        path = requested.strip() or str(self.get_parameter(default_param).value)
+        return os.path.abspath(os.path.expanduser(path))
+
+    @_guarded
+    def _srv_save_map(self, request: Any, response: Any) -> Any:
+        from ttt3r_ros.engine import exports
+
+        path = self._resolve_path(request.path, "default_map_path")
+        response.path = path
+        try:
+            if not os.path.isdir(os.path.dirname(path)):
+                raise FileNotFoundError(f"folder does not exist: {os.path.dirname(path)}")
+            with self._engine_lock:
+                if self._model is None:
+                    raise RuntimeError("node is not configured")
+                if self._engine is None:
+                    raise RuntimeError("no frame processed yet: the map is empty")
+                pts, cols, confs = self._map_in_odom()   # same frame as map_points
+            exports.write_ply(path, pts, cols, confs)
+            response.success = True
+            response.message = f"wrote {len(pts)} points (frame {self._p['odom_frame']}) to {path}"
+        except Exception as exc:
+            response.success = False
+            response.message = f"save_map failed: {type(exc).__name__}: {exc}"
+        self._log_result(response.success, response.message)
+        return response
+
+    @_guarded
+    def _srv_save_trajectory(self, request: Any, response: Any) -> Any:
+        from ttt3r_ros.engine import exports
+
+        path = self._resolve_path(request.path, "default_trajectory_path")
+        response.path = path
+        try:
+            if not os.path.isdir(os.path.dirname(path)):
+                raise FileNotFoundError(f"folder does not exist: {os.path.dirname(path)}")
+            with self._state_lock:
+                traj = list(self._trajectory)
+            exports.write_tum(path, [t for t, _ in traj], [m for _, m in traj])
+            response.success = True
+            response.message = (f"wrote {len(traj)} poses of {self._p['base_frame']} in {self._p['odom_frame']} "
+                                f"(TUM) to {path}")
+        except Exception as exc:
+            response.success = False
+            response.message = f"save_trajectory failed: {type(exc).__name__}: {exc}"
+        self._log_result(response.success, response.message)
+        return response
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = Ttt3rNode()
+    # 3 threads: image callbacks (may block on back-pressure), services/timers/camera_info, lifecycle services
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            else:
+                node.get_logger().error("autostart: configure failed; the node stays unconfigured (fix the "
+                                        "parameters, then call the lifecycle change_state service)")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._stop_input()
+        node._destroy_outputs()
+        node._free_model()
+        executor.shutdown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
