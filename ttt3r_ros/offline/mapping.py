@@ -1,0 +1,268 @@
+"""The offline mapping loop: frames from a source through the engine into trajectory.tum, map.ply, run.json and an
+optional result bag.
+
+Robustness rules:
+- outputs are rewritten (atomically) every `checkpoint_every` frames (at most once per
+  `checkpoint_min_interval_s`), so a kill -9 loses only the frames since then;
+- Ctrl-C (KeyboardInterrupt) or an error mid-run still writes a valid trajectory, map and run.json of what was
+  processed (status "interrupted" / "failed");
+- a frame the engine rejects (bad intrinsics, empty image, ...) is skipped and counted with the engine's message.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..engine import exports
+from .atomic_files import write_json_atomic
+from .readers import FrameSource
+from .result_bag import ResultBagWriter
+
+TRAJECTORY_NAME = "trajectory.tum"
+MAP_NAME = "map.ply"
+RUN_JSON_NAME = "run.json"
+# If this many frames in a row are rejected by the engine before any succeeds, the problem is not one bad frame:
+# stop with the engine's message instead of silently skipping a whole recording.
+MAX_REJECTED_BEFORE_FIRST_FRAME = 10
+
+
+@dataclass
+class MapRunOptions:
+    out_dir: Path
+    max_frames: int | None = None
+    checkpoint_every: int = 100        # frames between periodic output rewrites (0 = only at the end)
+    checkpoint_min_interval_s: float = 30.0  # and at least this long apart (a 2M-point PLY is ~40 MB per rewrite)
+    save_depth: str | None = None      # None, "png" (16-bit mm) or "npy"
+    progress: bool = True
+    confidence_threshold: float = 3.0  # for the result bag's per-frame clouds (the engine filters the map itself)
+    result_map_every: int = 50         # frames between /map_points snapshots in the result bag (0 = only final)
+    label: str | None = None           # e.g. the plumbing-check label; goes into run.json
+    run_info: dict[str, Any] = field(default_factory=dict)  # parameters, versions, ... for run.json
+
+
+@dataclass
+class MapRunSummary:
+    status: str                      # completed | interrupted | failed
+    frames_processed: int
+    run_json: dict[str, Any]
+    error: str | None = None
+    traceback: str | None = None
+
+
+def software_versions() -> dict[str, str]:
+    import rosbags
+    import torch
+
+    from .. import __version__
+
+    versions = {"ttt3r_ros": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "numpy": np.__version__}
+    try:
+        from importlib.metadata import version
+        versions["rosbags"] = version("rosbags")
+    except Exception:
+        versions["rosbags"] = getattr(rosbags, "__version__", "unknown")
+    return versions
+
+
+def _stats_ms(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "median": float(np.median(array)),
+            "p95": float(np.percentile(array, 95)), "max": float(array.max())}
+
+
+class OfflineMapper:
+    def __init__(self, engine: Any, options: MapRunOptions, result_bag: ResultBagWriter | None = None) -> None:
+        self.engine = engine
+        self.options = options
+        self.result_bag = result_bag
+        self.out_dir = Path(options.out_dir)
+        self.frames_processed = 0
+        self.engine_rejected: list[dict[str, Any]] = []
+        self.timings_ms: dict[str, list[float]] = {}
+        self.read_wait_ms: list[float] = []
+        self.intrinsics_sources: dict[str, int] = {}  # "calibrated" / "estimated" -> frames
+        self.wall_start = time.perf_counter()
+        self.first_timestamp_s: float | None = None
+        self.last_timestamp_s: float | None = None
+
+    # ---------------------------------------------------------------------------------------------- outputs
+    def write_outputs(self, source: FrameSource, status: str, error: str | None = None) -> dict[str, Any]:
+        trajectory = list(self.engine.trajectory)
+        exports.write_tum(self.out_dir / TRAJECTORY_NAME, [t for t, _ in trajectory], [pose for _, pose in trajectory])
+        voxel_map = self.engine.voxel_map
+        exports.write_ply(self.out_dir / MAP_NAME, voxel_map.points(), voxel_map.colours(), voxel_map.confidences())
+        report = self.run_report(source, status, error, len(trajectory), len(voxel_map))
+        write_json_atomic(self.out_dir / RUN_JSON_NAME, report)
+        return report
+
+    def run_report(self, source: FrameSource, status: str, error: str | None, poses: int,
+                   map_points: int) -> dict[str, Any]:
+        wall_s = time.perf_counter() - self.wall_start
+        skipped = source.skipped.as_dict()
+        report: dict[str, Any] = {}
+        if self.options.label:
+            report["label"] = self.options.label
+        report.update({
+            "status": status,
+            "error": error,
+            "frames_processed": self.frames_processed,
+            "trajectory_poses": poses,
+            "map_points": map_points,
+            "frames_expected": source.expected_frames,
+            "frames_skipped": skipped["total"] + len(self.engine_rejected),
+            "skipped": {**skipped, "rejected_by_engine": self.engine_rejected[:1000]},
+            "input_warnings": source.warnings.as_dict(),
+            "input": source.describe(),
+            "intrinsics_frames": dict(self.intrinsics_sources),
+            "timestamps_s": {"first": self.first_timestamp_s, "last": self.last_timestamp_s},
+            "timings": {
+                "wall_s": wall_s,
+                "frames_per_s": self.frames_processed / wall_s if wall_s > 0 else None,
+                "engine_ms": {name: _stats_ms(values) for name, values in self.timings_ms.items()},
+                "read_ms": _stats_ms(self.read_wait_ms),
+            },
+            "outputs": {"trajectory": str(self.out_dir / TRAJECTORY_NAME), "map": str(self.out_dir / MAP_NAME),
+                        "result_bag": str(self.result_bag.bag.path) if self.result_bag else None,
+                        "depth_dir": str(self.out_dir / "depth") if self.options.save_depth else None},
+        })
+        report.update(self.options.run_info)
+        return report
+
+    # ------------------------------------------------------------------------------------------------- loop
+    def _process(self, frame: Any) -> None:
+        try:
+            result = self.engine.step(frame.rgb, frame.timestamp_s, intrinsics=frame.intrinsics)
+        except (ValueError, TypeError) as err:
+            # The engine validates its input with clear exceptions; one bad frame must not end the run.
+            self.engine_rejected.append({"timestamp_s": frame.timestamp_s, "reason": str(err)})
+            if self.frames_processed == 0 and len(self.engine_rejected) >= MAX_REJECTED_BEFORE_FIRST_FRAME:
+                raise RuntimeError(f"the first {len(self.engine_rejected)} frames were all rejected by the engine; "
+                                   f"last reason: {err}") from err
+            return
+        self.frames_processed += 1
+        if self.first_timestamp_s is None:
+            self.first_timestamp_s = frame.timestamp_s
+        self.last_timestamp_s = frame.timestamp_s
+        source_kind = str(getattr(result, "intrinsics_source", "unknown"))
+        self.intrinsics_sources[source_kind] = self.intrinsics_sources.get(source_kind, 0) + 1
+        for name, value in (getattr(result, "timings_ms", None) or {}).items():
+            self.timings_ms.setdefault(name, []).append(float(value))
+        if self.result_bag is not None:
+            self.result_bag.add_frame(frame.timestamp_s, np.asarray(result.base_in_odom),
+                                      np.asarray(result.points_camera), np.asarray(result.colour),
+                                      np.asarray(result.confidence), self.options.confidence_threshold,
+                                      stamp_ns=self._stamp_ns(frame))
+            every = self.options.result_map_every
+            voxel_map = self.engine.voxel_map
+            if every and self.frames_processed % every == 0 and len(voxel_map):
+                # snapshots let a replay in RViz show the map growing, not only at the end
+                self.result_bag.add_map(voxel_map.points(), voxel_map.colours(), voxel_map.confidences(),
+                                        stamp_ns=self._stamp_ns(frame))
+        if self.options.save_depth:
+            self._save_depth(result)
+
+    @staticmethod
+    def _stamp_ns(frame: Any) -> int:
+        """The exact input stamp where the source has one (bags), else the float timestamp in nanoseconds."""
+        stamp_ns = getattr(frame, "stamp_ns", None)
+        return int(stamp_ns) if stamp_ns is not None else int(round(frame.timestamp_s * 1e9))
+
+    def _save_depth(self, result: Any) -> None:
+        folder = self.out_dir / "depth"
+        stem = f"{int(result.index):06d}"
+        depth = np.asarray(result.depth)
+        confidence = np.asarray(result.confidence)
+        if self.options.save_depth == "npy":
+            exports.write_npy(folder / f"{stem}_depth.npy", depth)
+            exports.write_npy(folder / f"{stem}_confidence.npy", confidence)
+        else:
+            exports.write_depth_png(folder / f"{stem}_depth.png", depth)
+            exports.write_confidence_png(folder / f"{stem}_confidence.png", confidence)
+
+    def run(self, source: FrameSource) -> MapRunSummary:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.wall_start = time.perf_counter()
+        write_json_atomic(self.out_dir / RUN_JSON_NAME,
+                          self.run_report(source, "running", None, 0, 0))
+        total = source.expected_frames
+        if self.options.max_frames is not None:
+            total = min(total, self.options.max_frames) if total else self.options.max_frames
+        status, error, trace = "completed", None, None
+        bar = tqdm(total=total, unit="frame", desc="map", disable=not self.options.progress, dynamic_ncols=True,
+                   file=sys.stderr)
+        frames = iter(source)
+        last_checkpoint, last_checkpoint_time = 0, time.perf_counter()
+        try:
+            while self.options.max_frames is None or self.frames_processed < self.options.max_frames:
+                wait_start = time.perf_counter()
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                self.read_wait_ms.append((time.perf_counter() - wait_start) * 1e3)
+                self._process(frame)
+                bar.update(1)
+                if self.timings_ms.get("total"):
+                    bar.set_postfix(model_ms=f"{self.timings_ms.get('model', [0.0])[-1]:.0f}",
+                                    skipped=source.skipped.total + len(self.engine_rejected), refresh=False)
+                every = self.options.checkpoint_every
+                if (every and self.frames_processed - last_checkpoint >= every and time.perf_counter()
+                        - last_checkpoint_time >= self.options.checkpoint_min_interval_s):
+                    self.write_outputs(source, "running")
+                    last_checkpoint, last_checkpoint_time = self.frames_processed, time.perf_counter()
+        except KeyboardInterrupt:
+            status = "interrupted"
+        except Exception as err:  # keep what was processed, then report
+            import traceback
+
+            status, error, trace = "failed", f"{type(err).__name__}: {err}", traceback.format_exc()
+        finally:
+            bar.close()
+            close = getattr(frames, "close", None)
+            if close is not None:
+                try:  # stops a prefetch thread / releases the reader when we stop early (max_frames, errors)
+                    close()
+                except Exception:
+                    pass
+        report = self._finish(source, status, error)
+        return MapRunSummary(status=report["status"], frames_processed=self.frames_processed, run_json=report,
+                             error=report["error"], traceback=trace)
+
+    def _remove_stale_temporaries(self) -> None:
+        """A Ctrl-C that lands between creating an atomic write's temporary file and its clean-up handler leaves
+        the temporary behind (the real file is intact). Remove ours: `.<name>.<random>.tmp` next to each output."""
+        patterns = [(self.out_dir, f".{name}.*.tmp") for name in (TRAJECTORY_NAME, MAP_NAME, RUN_JSON_NAME)]
+        patterns.append((self.out_dir / "depth", ".*.tmp"))
+        for folder, pattern in patterns:
+            for stale in folder.glob(pattern) if folder.is_dir() else ():
+                try:
+                    stale.unlink()
+                except OSError:
+                    pass
+
+    def _finish(self, source: FrameSource, status: str, error: str | None) -> dict[str, Any]:
+        # A second Ctrl-C while the final files are written must not leave them half done: the writes are atomic,
+        # and we retry once so the user's first interrupt still gets complete outputs.
+        for attempt in range(2):
+            try:
+                if self.result_bag is not None:
+                    voxel_map = self.engine.voxel_map
+                    self.result_bag.finish((voxel_map.points(), voxel_map.colours(), voxel_map.confidences())
+                                           if len(voxel_map) else None)
+                report = self.write_outputs(source, status, error)
+                self._remove_stale_temporaries()
+                return report
+            except KeyboardInterrupt:
+                status = "interrupted"
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
