@@ -28,9 +28,10 @@ setup(
         "rosbags>=0.10",
         "opencv-python-headless>=4.8",
         "evo>=1.28",
+        "ruamel.yaml",  # imported directly by the offline tools (evo also depends on it)
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "scipy"]},
     entry_points={
         "console_scripts": [
             "ttt3r-ros = ttt3r_ros.cli:main",
