@@ -3,15 +3,17 @@
     ros2 launch ttt3r_ros bag.launch.py bag:=/data/run1 image_topic:=/camera/color/image_raw weights:=model.safetensors
 
 `ros2 bag play --clock` publishes /clock, the node runs with use_sim_time and process_all_frames, so outputs carry
-the bag's stamps. The node's queue applies back-pressure only to its own callback; the player keeps its pace, so
-choose `rate` at or below what the model sustains (see the node's status topic: frames_dropped must stay 0).
+the bag's stamps. The player starts only once the node is active (model loaded, subscribed), so the first frames
+are not lost while the weights load. The node's queue applies back-pressure only to its own callback; the player
+keeps its pace, so choose `rate` at or below what the model sustains (status: frames_dropped must stay 0).
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, RegisterEventHandler
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.descriptions import ParameterValue
+from launch_ros.event_handlers import OnStateTransition
 from launch_ros.substitutions import FindPackageShare
 
 STRING_ARGS = {
@@ -57,7 +59,7 @@ def generate_launch_description() -> LaunchDescription:
     # A deep input history absorbs the player's bursts while the worker is busy (back-pressure on our callback).
     overrides.update({"use_sim_time": True, "process_all_frames": True, "input_qos_depth": 100})
     player = ExecuteProcess(cmd=["ros2", "bag", "play", lc("bag"), "--clock", "--rate", lc("rate")], output="screen")
-    node = Node(
+    node = LifecycleNode(
         package="ttt3r_ros",
         executable="ttt3r_node",
         name="ttt3r_node",
@@ -79,4 +81,8 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[{"use_sim_time": True}],
         condition=IfCondition(lc("rviz")),
     )
-    return LaunchDescription(args + [node, player, rviz])
+    # Play once the node reports `active` (autostart configures and activates it): a player started with the node
+    # would publish while the weights load, before the image subscription exists, and those frames are lost.
+    start_player = RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, goal_state="active",
+                                                          entities=[player]))
+    return LaunchDescription(args + [node, start_player, rviz])

@@ -35,6 +35,10 @@ class DeclareLaunchArgument:
 class ExecuteProcess:
     def __init__(self, *, cmd, **extra):
         self.cmd, self.extra = cmd, extra
+
+class RegisterEventHandler:
+    def __init__(self, event_handler):
+        self.event_handler = event_handler
 ''',
     "launch/conditions.py": '''
 class IfCondition:
@@ -58,6 +62,16 @@ class Node:
         self.package, self.executable, self.name, self.namespace = package, executable, name, namespace
         self.parameters, self.remappings, self.arguments = parameters or [], remappings or [], arguments or []
         self.condition, self.output, self.extra = condition, output, extra
+
+class LifecycleNode(Node):
+    def __init__(self, *, name, namespace, **kwargs):   # launch_ros requires both for lifecycle nodes
+        super().__init__(name=name, namespace=namespace, **kwargs)
+''',
+    "launch_ros/event_handlers.py": '''
+class OnStateTransition:
+    def __init__(self, *, target_lifecycle_node, goal_state=None, start_state=None, entities=None, **extra):
+        self.target_lifecycle_node, self.goal_state, self.start_state = target_lifecycle_node, goal_state, start_state
+        self.entities, self.extra = list(entities or []), extra
 ''',
     "launch_ros/descriptions.py": '''
 class ParameterValue:
@@ -212,12 +226,21 @@ def test_bag_launch_plays_with_clock_and_processes_all_frames(launch_api: Any) -
     ld = _load("bag.launch.py")
     from launch.actions import ExecuteProcess
 
-    (player,) = [e for e in ld.entities if isinstance(e, ExecuteProcess)]
+    from launch.actions import RegisterEventHandler
+    from launch_ros.actions import LifecycleNode
+    from launch_ros.event_handlers import OnStateTransition
+
+    assert not [e for e in ld.entities if isinstance(e, ExecuteProcess)], "the player must wait for the node"
+    (handler,) = [e.event_handler for e in ld.entities if isinstance(e, RegisterEventHandler)]
+    ttt3r = _nodes(ld)[0]
+    # the bag starts playing when the node is active (subscribed), not while the weights load
+    assert isinstance(handler, OnStateTransition) and isinstance(ttt3r, LifecycleNode)
+    assert handler.target_lifecycle_node is ttt3r and handler.goal_state == "active"
+    (player,) = [e for e in handler.entities if isinstance(e, ExecuteProcess)]
     r = Resolver(ld, {"bag": "/data/run1", "rate": "0.5"})
     cmd = [r.text(c) for c in player.cmd]
     assert cmd[:4] == ["ros2", "bag", "play", "/data/run1"] and "--clock" in cmd
     assert cmd[cmd.index("--rate") + 1] == "0.5"
-    ttt3r = _nodes(ld)[0]
     _, params, remaps, _ = r.node_command(ttt3r)
     assert params["use_sim_time"] is True and params["process_all_frames"] is True
     assert params["input_qos_depth"] == 100

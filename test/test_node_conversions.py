@@ -12,6 +12,8 @@ from rclpy.serialization import deserialize_message, serialize_message  # noqa: 
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
+from ttt3r_ros.offline.odometry import body_twist_from_poses  # noqa: E402
+from ttt3r_ros.offline.pointcloud import unpack_rgb  # noqa: E402
 from ttt3r_ros.ros import conversions as conv  # noqa: E402
 
 
@@ -134,10 +136,34 @@ def test_point_cloud_organised_layout_and_nans() -> None:
         assert np.all(np.isnan(arr[name][low]))
         assert np.array_equal(arr[name][~low], pts[..., idx][~low])
     assert np.array_equal(arr["confidence"], conf)
-    assert np.array_equal(conv.unpack_rgb_float(arr["rgb"]), cols)
+    assert np.array_equal(unpack_rgb(arr["rgb"]), cols)
     # PCL convention: uint32 0x00RRGGBB
     bits = arr["rgb"].view(np.uint32)
     assert bits[0, 0] == (int(cols[0, 0, 0]) << 16) | (int(cols[0, 0, 1]) << 8) | int(cols[0, 0, 2])
+    # ... stored little endian: bytes b, g, r, 0 at the rgb offset (PCL / RViz RGB8 read them so)
+    r, g, b = (int(v) for v in cols[0, 0])
+    assert bytes(msg.data[12:16]) == bytes([b, g, r, 0])
+
+
+def test_live_and_offline_clouds_share_one_layout() -> None:
+    """The node's rclpy cloud and the result bag's rosbags cloud come from one packer: same fields, same bytes."""
+    from ttt3r_ros.offline.bag_writing import MessageFactory
+    from ttt3r_ros.offline.pointcloud import cloud_to_numpy, point_cloud2
+
+    rng = np.random.default_rng(5)
+    pts = rng.normal(size=(3, 5, 3)).astype(np.float32)
+    pts[0, 0, 1] = np.nan
+    cols = rng.integers(0, 256, size=(3, 5, 3), dtype=np.uint8)
+    conf = rng.uniform(1, 5, size=(3, 5)).astype(np.float32)
+    live = conv.point_cloud(pts, cols, conf, Header(frame_id="cam"), confidence_threshold=2.5)
+    factory = MessageFactory()
+    offline = point_cloud2(factory, factory.header(0, "cam"), pts, cols, conf, confidence_threshold=2.5)
+    assert [(f.name, f.offset, f.datatype, f.count) for f in live.fields] == [
+        (f.name, f.offset, f.datatype, f.count) for f in offline.fields]
+    assert (live.height, live.width, live.point_step, live.row_step, live.is_dense) == (
+        offline.height, offline.width, offline.point_step, offline.row_step, offline.is_dense)
+    assert bytes(live.data) == offline.data.tobytes()
+    assert np.isnan(cloud_to_numpy(live)["x"][0])   # non-finite input point -> NaN point
 
 
 def test_point_cloud_unorganised_dense() -> None:
@@ -162,5 +188,5 @@ def test_pose_messages_roundtrip() -> None:
     a = geometry.make_se3(np.eye(3), [0, 0, 0])
     rz = np.array([[math.cos(0.1), -math.sin(0.1), 0], [math.sin(0.1), math.cos(0.1), 0], [0, 0, 1]])
     b = geometry.make_se3(rz, [0.2, 0, 0])
-    lin, ang = conv.body_twist_from_poses(a, b, 0.5)
+    lin, ang = body_twist_from_poses(a, b, 0.5)
     assert np.allclose(lin, [0.4, 0, 0]) and np.allclose(ang, [0, 0, 0.2])

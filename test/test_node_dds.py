@@ -78,8 +78,11 @@ def _start(tmp: Path, ns: str, *extra: str) -> Session:
 
 
 def _stop(s: Session) -> None:
+    """SIGINT (Ctrl-C) an active node that has processed frames: it must exit 0, quietly, with its worker joined."""
     s.probe.close()
-    h.stop(s.proc)
+    rc = h.stop(s.proc)
+    assert rc == 0, f"node exited with {rc} on SIGINT\n{s.tail()}"
+    assert "Traceback" not in s.log.read_text(errors="replace"), s.tail()
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +187,8 @@ def test_every_output_with_input_stamps_and_frames(live: Session) -> None:
     # TF: odom -> base_link on /tf with the image stamps, and it chains to the camera through /tf_static
     tf_msgs = [t for _, m in boxes["tf"] for t in m.transforms if t.child_frame_id == "base_link"]
     assert tf_msgs and all(t.header.frame_id == "odom" and h.stamp_s(t.header) in sent for t in tf_msgs)
+    # REP 105: the node owns odom -> base_link only; map -> odom is never published by default
+    assert not [t for _, m in boxes["tf"] for t in m.transforms if t.child_frame_id == "odom"]
     buf = StaticTransformBuffer()
     from ttt3r_ros.engine import geometry
     buf.add_message(TFMessage(transforms=[
@@ -228,6 +233,19 @@ def test_every_output_with_input_stamps_and_frames(live: Session) -> None:
     # map_points: latched, in odom, unorganised
     mp = boxes["map_points"][-1][1]
     assert mp.header.frame_id == "odom" and mp.height == 1 and mp.width > 0
+
+    # offered QoS (REP 2003 / tf2_ros): maps and path latched, /tf reliable + volatile, image input best effort
+    def offered(topic: str) -> Any:
+        (info,) = [i for i in p.node.get_publishers_info_by_topic(topic) if i.node_name == "ttt3r_node"]
+        return info.qos_profile
+
+    for topic in (f"{ns}/map_points", f"{ns}/path"):
+        q = offered(topic)
+        assert (q.durability, q.reliability) == (DurabilityPolicy.TRANSIENT_LOCAL, ReliabilityPolicy.RELIABLE), topic
+    q = offered("/tf")
+    assert (q.durability, q.reliability) == (DurabilityPolicy.VOLATILE, ReliabilityPolicy.RELIABLE)  # graph: no depth
+    (sub,) = [i for i in p.node.get_subscriptions_info_by_topic(f"{ns}/image") if i.node_name == "ttt3r_node"]
+    assert sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT   # SensorDataQoS default
 
 
 def test_latency_image_publish_to_odometry(live: Session, capsys: pytest.CaptureFixture) -> None:
@@ -355,8 +373,10 @@ def test_parameters_validated_live(live: Session) -> None:
     d = p.call(DescribeParameters, f"{live.node_fqn}/describe_parameters",
                DescribeParameters.Request(names=["weights", "confidence_threshold", "device"]))
     by_name = {x.name: x for x in d.descriptors}
-    assert by_name["weights"].read_only and by_name["device"].read_only
+    assert "only while the node is unconfigured" in by_name["weights"].additional_constraints
+    assert "only while the node is unconfigured" in by_name["device"].additional_constraints
     assert not by_name["confidence_threshold"].read_only
+    assert "unconfigured" not in by_name["confidence_threshold"].additional_constraints
     assert by_name["confidence_threshold"].floating_point_range[0].from_value == 1.0
     assert by_name["weights"].description
 
@@ -366,8 +386,9 @@ def test_parameters_validated_live(live: Session) -> None:
 
     res = set_param("confidence_threshold", ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=0.5))
     assert not res.successful and res.reason
+    # configure-time parameters are refused while the node is configured (active here)
     res = set_param("device", ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="cuda"))
-    assert not res.successful and "read-only" in res.reason.lower().replace("read only", "read-only")
+    assert not res.successful and "unconfigured" in res.reason
     res = set_param("confidence_threshold", ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
                                                            double_value=CONF_THRESHOLD))
     assert res.successful
@@ -502,7 +523,7 @@ def test_corrupt_jpeg_then_good_frame(replay: Session) -> None:
     replay.wait(lambda: replay.odom_for(good) is not None, 15, "good jpeg after a corrupt one")
     replay.wait(lambda: h.stamp_s(replay.latest_status().header) == good, 5, "status of the good frame")
     assert replay.latest_status().frames_rejected == before.frames_rejected + 1
-    assert "could not decode compressed image" in replay.log.read_text(errors="replace")
+    assert "corrupt compressed image" in replay.log.read_text(errors="replace")
 
 
 def test_lifecycle_deactivate_activate_cleanup(replay: Session) -> None:
@@ -541,8 +562,22 @@ def test_missing_checkpoint_fails_configure_and_node_stays_up(tmp_path: Path) ->
         state = probe.lifecycle_state("/broken/ttt3r_node")
         assert state == "unconfigured", state
         text = log.read_text(errors="replace")
-        assert f"checkpoint not found: {missing}" in text
+        assert f"checkpoint not found: {missing}" in text and "ros2 lifecycle set /broken/ttt3r_node configure" in text
         assert proc.poll() is None
+        # recovery without a restart: while unconfigured the checkpoint can be fixed and configure retried
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+        from rcl_interfaces.msg import Parameter as ParamMsg, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        req = SetParameters.Request(parameters=[ParamMsg(name="weights", value=ParameterValue(
+            type=ParameterType.PARAMETER_STRING, string_value=str(h.tiny_weights())))])
+        result = probe.call(SetParameters, "/broken/ttt3r_node/set_parameters", req).results[0]
+        assert result.successful, result.reason
+        for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+            assert probe.call(ChangeState, "/broken/ttt3r_node/change_state",
+                              ChangeState.Request(transition=Transition(id=transition))).success, h.log_tail(log)
+        assert probe.lifecycle_state("/broken/ttt3r_node") == "active"
     finally:
         probe.close()
         assert h.stop(proc) == 0

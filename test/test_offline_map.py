@@ -285,6 +285,17 @@ def test_engine_and_eval_on_the_exact_synthetic_scene(tmp_path):
         expected = swap @ relative @ swap.T
         p = msg.pose.pose.position
         np.testing.assert_allclose([p.x, p.y, p.z], expected[:3, 3], atol=1e-4)
+        # covariance as the node computes it: base variance / confident fraction (the oracle's low-confidence
+        # band is the left eighth of the image)
+        assert msg.pose.covariance[0] == pytest.approx(0.01 / (7 / 8), rel=1e-6)
+        if i == 0:   # no velocity before two poses exist: said by the covariance
+            assert msg.twist.covariance[0] == 9999.0
+        else:        # twist in the child (base) frame: motion since the previous frame / 0.1 s
+            previous = swap @ np.linalg.inv(sequence.camera_to_world[0]) @ sequence.camera_to_world[i - 1] @ swap.T
+            step = np.linalg.inv(previous) @ expected
+            v = msg.twist.twist.linear
+            np.testing.assert_allclose([v.x, v.y, v.z], step[:3, 3] / 0.1, atol=1e-3)
+            assert msg.twist.covariance[0] == pytest.approx(2 * msg.pose.covariance[0] / 0.01, rel=1e-6)
     # map cloud in odom: the same points as map.ply, axes swapped
     cloud_xyz = np.stack([cloud_to_numpy(cloud)[k] for k in ("x", "y", "z")], axis=1)
     np.testing.assert_allclose(cloud_xyz, points @ swap[:3, :3].T, atol=1e-5)

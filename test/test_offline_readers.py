@@ -70,6 +70,20 @@ def test_uncalibrated_camera_info_is_ignored_and_reported(tmp_path):
         assert counts["no calibrated CameraInfo yet; intrinsics estimated by the model"] == 3
 
 
+def test_unusable_camera_info_is_ignored_like_the_node_does(tmp_path):
+    """A K the engine would refuse (last row not 0 0 1) is ignored with its reason (model intrinsics are used),
+    as the live node does, instead of reaching the engine and failing every frame."""
+    bag = tmp_path / "bag"
+    skewed = K_TEST.copy()
+    skewed[2, 0] = 5.0
+    write_bag(bag, n_frames=3, camera_info=True, k=skewed)
+    with open_frame_source(bag, camera_info_topic="/cam/camera_info") as source:
+        frames = list(source)
+        assert len(frames) == 3 and all(f.intrinsics is None for f in frames)
+        assert source.warnings.counts["unusable CameraInfo"] == 3
+        assert any("last row 0 0 1" in r["reason"] for r in source.warnings.records)
+
+
 def test_frames_come_in_header_stamp_order(tmp_path):
     bag = tmp_path / "bag"
     stamps = write_bag(bag, n_frames=6, receive_order=[0, 2, 1, 3, 5, 4])

@@ -58,11 +58,6 @@ class AtomicBagWriter:
         self.writer.write(connection, int(timestamp_ns), self.typestore.serialize_cdr(message, connection.msgtype))
         self.message_count += 1
 
-    def write_raw(self, connection: Any, timestamp_ns: int, data: bytes) -> None:
-        """Bytes as given (the tests use this to put corrupt messages into a bag)."""
-        self.writer.write(connection, int(timestamp_ns), data)
-        self.message_count += 1
-
     @property
     def closed(self) -> bool:
         return self._closed

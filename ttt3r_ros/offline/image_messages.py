@@ -1,13 +1,16 @@
-"""sensor_msgs Image / CompressedImage / CameraInfo (as deserialised by rosbags) <-> numpy, without ROS.
+"""sensor_msgs Image / CompressedImage / CameraInfo -> numpy, without ROS.
+
+Shared by the offline readers (rosbags message objects) and the live node (rclpy messages: it calls these through
+``ttt3r_ros.ros.conversions``): both only read the fields by name, so a frame is accepted or refused, with the
+same reason, whether it arrives live or from a bag.
 
 Decoding raises FrameDecodeError with a reason that names the problem; the frame source counts those and skips
-the frame instead of ending the run.
+the frame, the node logs them (throttled) and goes on with the next frame.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 
 from .errors import FrameDecodeError
@@ -17,13 +20,13 @@ COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 
-# encoding -> (channels, cv2 conversion to RGB or None when already RGB)
-RAW_ENCODINGS: dict[str, tuple[int, int | None]] = {
-    "rgb8": (3, None),
-    "bgr8": (3, cv2.COLOR_BGR2RGB),
-    "rgba8": (4, cv2.COLOR_RGBA2RGB),
-    "bgra8": (4, cv2.COLOR_BGRA2RGB),
-    "mono8": (1, cv2.COLOR_GRAY2RGB),
+# encoding -> (channels, index of R, G, B within a pixel); mono replicates its single channel.
+RAW_ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2)),
+    "bgra8": (4, (2, 1, 0)),
+    "mono8": (1, (0, 0, 0)),
 }
 
 
@@ -36,48 +39,57 @@ def stamp_to_nanoseconds(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def _uint8_view(data: Any) -> np.ndarray:
+    """A message's uint8[] field as a flat uint8 array without copying: bytes (rclpy), array.array('B') (rclpy),
+    numpy arrays (rosbags) all expose the buffer protocol; anything else (a list) is converted."""
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError):
+        return np.asarray(data, dtype=np.uint8).reshape(-1)
+
+
 def raw_image_to_rgb(msg: Any) -> np.ndarray:
-    """sensor_msgs/Image -> HxWx3 uint8 RGB (a new array). Honours `step` (row padding)."""
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> HxWx3 uint8 RGB (a new contiguous array).
+
+    Honours `step` (row padding). The data must be exactly height * step bytes, as Image.msg defines it.
+    """
     encoding = str(msg.encoding).lower()
     if encoding not in RAW_ENCODINGS:
         raise FrameDecodeError(
             f"unsupported image encoding {msg.encoding!r} (supported: {', '.join(RAW_ENCODINGS)})")
-    channels, conversion = RAW_ENCODINGS[encoding]
+    channels, rgb_index = RAW_ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
-        raise FrameDecodeError(f"empty image ({width}x{height})")
+        raise FrameDecodeError(f"zero-sized image ({width}x{height}, encoding {encoding})")
     row_bytes = width * channels
     if step < row_bytes:
-        raise FrameDecodeError(f"step {step} is smaller than width*channels = {row_bytes} for {encoding}")
-    data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
-    # The last row may legally omit its padding, so require only what the pixels occupy.
-    needed = step * (height - 1) + row_bytes
-    if data.size < needed:
+        raise FrameDecodeError(f"step {step} is smaller than width*channels = {width}*{channels} for {encoding}")
+    data = _uint8_view(msg.data)
+    if data.size != height * step:
         raise FrameDecodeError(
-            f"data length {data.size} does not match height*step = {height}*{step} = {height * step}")
-    if data.size < step * height:
-        data = np.concatenate([data, np.zeros(step * height - data.size, np.uint8)])
-    rows = data[: step * height].reshape(height, step)[:, :row_bytes]
-    pixels = rows.reshape(height, width, channels)
-    if conversion is None:
-        return np.ascontiguousarray(pixels)
+            f"data length {data.size} != height*step = {height}*{step} = {height * step} ({encoding})")
+    pixels = data.reshape(height, step)[:, :row_bytes].reshape(height, width, channels)
     if channels == 1:
-        pixels = pixels[:, :, 0]
-    return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
+        return np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(pixels[..., list(rgb_index)])
 
 
 def compressed_image_to_rgb(msg: Any) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg/png) -> HxWx3 uint8 RGB."""
+    """sensor_msgs/CompressedImage (jpeg/png, as image_transport's compressed plugin writes) -> HxWx3 uint8 RGB."""
+    import cv2  # only compressed input needs OpenCV
+
+    # image_transport writes e.g. "jpeg", "png" or "rgb8; jpeg compressed bgr8"; the codec is sniffed from bytes.
     fmt = str(msg.format).lower()
-    data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
+    data = _uint8_view(msg.data)
     if data.size == 0:
-        raise FrameDecodeError("empty compressed image")
+        raise FrameDecodeError(f"empty compressed image (format {msg.format!r})")
     if fmt and not any(kind in fmt for kind in ("jpeg", "jpg", "png")):
         raise FrameDecodeError(f"unsupported compressed format {msg.format!r} (supported: jpeg, png)")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)  # None when the bytes are not a decodable image
     if bgr is None or bgr.size == 0:
-        raise FrameDecodeError(f"corrupt compressed image ({data.size} bytes, format {msg.format!r})")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        raise FrameDecodeError(
+            f"corrupt compressed image (could not decode {data.size} bytes of format {msg.format!r} as jpeg/png)")
+    return np.ascontiguousarray(bgr[..., ::-1])
 
 
 def image_message_to_rgb(msg: Any, msgtype: str) -> np.ndarray:
@@ -88,9 +100,32 @@ def image_message_to_rgb(msg: Any, msgtype: str) -> np.ndarray:
     raise FrameDecodeError(f"not an image message type: {msgtype}")
 
 
-def camera_info_to_k(msg: Any) -> np.ndarray | None:
-    """K as 3x3 float64 when the camera is calibrated (K[0] != 0 and all finite), else None."""
+def camera_info_intrinsics(msg: Any) -> tuple[np.ndarray | None, str]:
+    """(K 3x3 float64, "") when the CameraInfo is calibrated and usable, else (None, reason).
+
+    K[0] == 0 means uncalibrated (CameraInfo.msg). A K the engine would refuse (non-finite, non-positive focal
+    lengths, last row not 0 0 1) or a principal point outside the image is refused here too, so the caller can
+    fall back to the model's intrinsics instead of failing every frame.
+    """
+    from ..engine import validate_intrinsics  # here: image decoding alone (make-bag, bag-info) needs no torch
+
     k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    if k.size != 9 or not np.all(np.isfinite(k)) or k[0] == 0.0 or k[4] == 0.0:
-        return None
-    return k.reshape(3, 3).copy()
+    if k.size != 9:
+        return None, f"K has {k.size} entries, not 9"
+    k = k.reshape(3, 3)
+    if not np.all(np.isfinite(k)):
+        return None, f"K has non-finite entries: {k.ravel().tolist()}"
+    if k[0, 0] == 0.0:
+        return None, "uncalibrated: K[0] == 0"
+    try:
+        validate_intrinsics(k)
+    except ValueError as err:
+        return None, str(err)
+    width, height = int(msg.width), int(msg.height)
+    if width == 0 or height == 0:
+        return None, f"zero image size ({width}x{height})"
+    cx, cy = k[0, 2], k[1, 2]
+    if not (0.0 <= cx <= width and 0.0 <= cy <= height):
+        return None, f"principal point ({cx}, {cy}) lies outside the {width}x{height} image"
+    return k.copy(), ""
+

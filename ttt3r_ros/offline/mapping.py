@@ -237,18 +237,6 @@ class OfflineMapper:
         return MapRunSummary(status=report["status"], frames_processed=self.frames_processed, run_json=report,
                              error=report["error"], traceback=trace)
 
-    def _remove_stale_temporaries(self) -> None:
-        """A Ctrl-C that lands between creating an atomic write's temporary file and its clean-up handler leaves
-        the temporary behind (the real file is intact). Remove ours: `.<name>.<random>.tmp` next to each output."""
-        patterns = [(self.out_dir, f".{name}.*.tmp") for name in (TRAJECTORY_NAME, MAP_NAME, RUN_JSON_NAME)]
-        patterns.append((self.out_dir / "depth", ".*.tmp"))
-        for folder, pattern in patterns:
-            for stale in folder.glob(pattern) if folder.is_dir() else ():
-                try:
-                    stale.unlink()
-                except OSError:
-                    pass
-
     def _finish(self, source: FrameSource, status: str, error: str | None) -> dict[str, Any]:
         # A second Ctrl-C while the final files are written must not leave them half done: the writes are atomic,
         # and we retry once so the user's first interrupt still gets complete outputs.
@@ -259,7 +247,6 @@ class OfflineMapper:
                     self.result_bag.finish((voxel_map.points(), voxel_map.colours(), voxel_map.confidences())
                                            if len(voxel_map) else None)
                 report = self.write_outputs(source, status, error)
-                self._remove_stale_temporaries()
                 return report
             except KeyboardInterrupt:
                 status = "interrupted"

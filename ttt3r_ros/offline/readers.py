@@ -19,7 +19,7 @@ import numpy as np
 
 from .bag_io import looks_like_bag, open_bag, storage_identifier, summarise_topics
 from .errors import FrameDecodeError, OfflineInputError
-from .image_messages import (CAMERA_INFO_TYPE, IMAGE_TYPES, camera_info_to_k, image_message_to_rgb,
+from .image_messages import (CAMERA_INFO_TYPE, IMAGE_TYPES, camera_info_intrinsics, image_message_to_rgb,
                              stamp_to_nanoseconds)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -207,9 +207,11 @@ class BagFrameSource(FrameSource):
         except Exception as err:
             self.warnings.add(f"undecodable CameraInfo ({type(err).__name__}: {err})", topic=connection.topic)
             return
-        k = camera_info_to_k(msg)
+        k, reason = camera_info_intrinsics(msg)
         if k is None:
-            self.warnings.add("uncalibrated CameraInfo (K[0] == 0 or not finite), ignored", topic=connection.topic)
+            # counted by the part before " (": "uncalibrated CameraInfo" / "unusable CameraInfo"
+            what = "uncalibrated CameraInfo" if reason.startswith("uncalibrated") else "unusable CameraInfo"
+            self.warnings.add(f"{what} ({reason}), ignored", topic=connection.topic)
             return
         stamp_ns = stamp_to_nanoseconds(msg.header.stamp) or receive_ns
         position = bisect.bisect_left([s for s, _ in calibrations], stamp_ns)

@@ -5,7 +5,8 @@ Frames (the tree the live node publishes):
   base_frame -> camera_frame          /tf_static, once: the engine's camera_to_base (default: camera at the base
                                       origin, optical axes x right, y down, z forward)
 Per-frame clouds are organised HxW in camera_frame (NaN where confidence is below the threshold), the map is in
-odom_frame. Every message is stamped with the input image's timestamp (also the bag's receive time).
+odom_frame. Every message is stamped with the input image's timestamp (also the bag's receive time). The cloud
+layout (pointcloud.py) and the odometry covariance/twist (odometry.py) are the live node's, computed by the same code.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import geometry
+from . import odometry
 from .bag_writing import AtomicBagWriter, MessageFactory, qos_profile
 from .pointcloud import point_cloud2
 
@@ -23,10 +25,6 @@ ODOMETRY_TYPE = "nav_msgs/msg/Odometry"
 PATH_TYPE = "nav_msgs/msg/Path"
 TF_TYPE = "tf2_msgs/msg/TFMessage"
 CLOUD_TYPE = "sensor_msgs/msg/PointCloud2"
-
-# Pose covariance of the offline odometry: monocular poses have no metric uncertainty estimate here; a constant
-# non-zero diagonal tells consumers (e.g. robot_localization) the pose is not perfect. Units m^2 and rad^2.
-POSE_VARIANCE = (0.01, 0.01, 0.01, 0.001, 0.001, 0.001)
 
 
 class ResultBagWriter:
@@ -61,6 +59,7 @@ class ResultBagWriter:
         self.frames = 0
         self.last_stamp_ns: int | None = None
         self._static_written = False
+        self._previous: tuple[float, np.ndarray] | None = None   # (timestamp_s, T_odom_base) of the last frame
 
     def _write_static(self, stamp_ns: int) -> None:
         tf = self.msgs.transform_stamped(self.camera_to_base, stamp_ns, self.base_frame, self.camera_frame)
@@ -82,18 +81,29 @@ class ResultBagWriter:
         self.bag.write(self.conn_tf, stamp_ns, self.msgs.types[TF_TYPE](transforms=[tf]))
 
         types = self.msgs.types
-        covariance = np.zeros(36)
-        covariance[[0, 7, 14, 21, 28, 35]] = POSE_VARIANCE
+        # Covariance, tracking state and twist exactly as the live node computes them (with its default
+        # tracking/variance parameters), so the result bag's /odom matches what the node would publish.
+        if confidences is not None:
+            fraction = odometry.confident_fraction(confidences, confidence_threshold)
+            pose_variances = odometry.pose_covariance_diagonal(fraction, odometry.tracking_state(fraction))
+        else:
+            pose_variances = odometry.pose_covariance_diagonal(1.0, odometry.TRACKING_OK)
+        linear, angular, dt_s = np.zeros(3), np.zeros(3), None
+        if self._previous is not None and timestamp_s > self._previous[0]:
+            dt_s = timestamp_s - self._previous[0]
+            linear, angular = odometry.body_twist_from_poses(self._previous[1], t_odom_base, dt_s)
+        self._previous = (timestamp_s, t_odom_base)
+        twist_variances = odometry.twist_covariance_diagonal(pose_variances, dt_s)
         pose = self.msgs.pose(t_odom_base)
-        zero = types["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0)
+        vector3 = types["geometry_msgs/msg/Vector3"]
         odom = types[ODOMETRY_TYPE](
             header=header, child_frame_id=self.base_frame,
-            pose=types["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=covariance),
-            # Velocity is not estimated offline; its covariance says so (-1 on the diagonal is not used by
-            # REP 145 consumers, a huge variance is).
+            pose=types["geometry_msgs/msg/PoseWithCovariance"](pose=pose,
+                                                               covariance=np.diag(pose_variances).reshape(-1)),
             twist=types["geometry_msgs/msg/TwistWithCovariance"](
-                twist=types["geometry_msgs/msg/Twist"](linear=zero, angular=zero),
-                covariance=np.diag([1e6] * 6).reshape(-1)))
+                twist=types["geometry_msgs/msg/Twist"](linear=vector3(*map(float, linear)),
+                                                       angular=vector3(*map(float, angular))),
+                covariance=np.diag(twist_variances).reshape(-1)))
         self.bag.write(self.conn_odom, stamp_ns, odom)
         self.poses.append(types["geometry_msgs/msg/PoseStamped"](header=header, pose=pose))
         self.frames += 1
@@ -103,13 +113,13 @@ class ResultBagWriter:
 
         if points_camera is not None:
             s = self.cloud_stride
-            pts = np.array(np.asarray(points_camera)[::s, ::s], dtype=np.float32)
+            pts = np.asarray(points_camera)[::s, ::s]
             conf = np.asarray(confidences)[::s, ::s] if confidences is not None else np.ones(pts.shape[:2])
             col = (np.asarray(colours)[::s, ::s] if colours is not None
                    else np.full(pts.shape, 255, dtype=np.uint8))
-            pts[conf < confidence_threshold] = np.nan
             self.bag.write(self.conn_points, stamp_ns,
-                           point_cloud2(self.msgs, self.msgs.header(stamp_ns, self.camera_frame), pts, col, conf))
+                           point_cloud2(self.msgs, self.msgs.header(stamp_ns, self.camera_frame), pts, col, conf,
+                                        confidence_threshold=confidence_threshold))
 
     def _write_path(self, stamp_ns: int) -> None:
         path = self.msgs.types[PATH_TYPE](header=self.msgs.header(stamp_ns, self.odom_frame), poses=list(self.poses))

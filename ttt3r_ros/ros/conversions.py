@@ -12,25 +12,22 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, Transform, TransformStamped
 from nav_msgs.msg import Odometry
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from ttt3r_ros.engine import geometry
+from ttt3r_ros.offline import image_messages
+from ttt3r_ros.offline import pointcloud as cloud_layout
+from ttt3r_ros.offline.errors import FrameDecodeError
 
 
-class ImageConversionError(ValueError):
-    """An input image message that cannot be turned into an RGB array (the message says why)."""
-
-
-# encoding -> (channels, index of R, G, B within a pixel); mono replicates its single channel.
-_RGB_INPUT_LAYOUTS: dict[str, tuple[int, tuple[int, int, int]]] = {
-    "rgb8": (3, (0, 1, 2)),
-    "bgr8": (3, (2, 1, 0)),
-    "rgba8": (4, (0, 1, 2)),
-    "bgra8": (4, (2, 1, 0)),
-    "mono8": (1, (0, 0, 0)),
-}
-SUPPORTED_INPUT_ENCODINGS: tuple[str, ...] = tuple(_RGB_INPUT_LAYOUTS)
+# Decoding of camera input (encodings, row padding, length checks, jpeg/png, CameraInfo validity) is shared with
+# the offline bag reader, so a frame is accepted or refused with the same reason live and offline.
+ImageConversionError = FrameDecodeError   # an input image that cannot be turned into RGB (the message says why)
+image_to_rgb = image_messages.raw_image_to_rgb                  # Image -> HxWx3 uint8 RGB
+compressed_image_to_rgb = image_messages.compressed_image_to_rgb  # CompressedImage (jpeg/png) -> HxWx3 uint8 RGB
+intrinsics_from_camera_info = image_messages.camera_info_intrinsics  # -> (K | None, reason)
+stamp_to_seconds = image_messages.stamp_to_seconds
 
 # encodings this module can read back to numpy (inputs plus what the node publishes); name -> (dtype, channels)
 _NUMPY_ENCODINGS: dict[str, tuple[str, int]] = {
@@ -39,69 +36,26 @@ _NUMPY_ENCODINGS: dict[str, tuple[str, int]] = {
 }
 
 
-def stamp_to_seconds(stamp: Time) -> float:
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
-
-
 def seconds_to_stamp(seconds: float) -> Time:
     total_ns = int(round(seconds * 1e9))
     return Time(sec=total_ns // 1_000_000_000, nanosec=total_ns % 1_000_000_000)
 
 
-def _check_geometry(height: int, width: int, step: int, data_len: int, bytes_per_pixel: int, encoding: str) -> None:
-    if height <= 0 or width <= 0:
-        raise ImageConversionError(f"zero-sized image ({width}x{height}, encoding {encoding!r})")
-    if step < width * bytes_per_pixel:
-        raise ImageConversionError(
-            f"step {step} is smaller than width*bytes_per_pixel = {width}*{bytes_per_pixel} (encoding {encoding!r})")
-    if data_len != height * step:
-        raise ImageConversionError(
-            f"data length {data_len} != height*step = {height}*{step} = {height * step} (encoding {encoding!r})")
-
-
 def image_to_numpy(msg: Image) -> np.ndarray:
-    """Image -> HxW or HxWxC array of the encoding's dtype (copy-free view when possible), honouring row padding."""
+    """Image -> HxW or HxWxC array of the encoding's dtype, honouring row padding (reads back depth/confidence)."""
     enc = msg.encoding
     if enc not in _NUMPY_ENCODINGS:
         raise ImageConversionError(f"unsupported image encoding {enc!r}; supported: {sorted(_NUMPY_ENCODINGS)}")
     kind, channels = _NUMPY_ENCODINGS[enc]
     dtype = np.dtype(kind).newbyteorder(">" if msg.is_bigendian else "<")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    _check_geometry(h, w, step, len(msg.data), dtype.itemsize * channels, enc)
+    if h <= 0 or w <= 0 or step < w * channels * dtype.itemsize or len(msg.data) != h * step:
+        raise ImageConversionError(f"inconsistent {enc} image: {w}x{h}, step {step}, {len(msg.data)} bytes")
     raw = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)
     # Drop the per-row padding, then reinterpret the remaining bytes as pixels.
     rows = raw[:, : w * channels * dtype.itemsize]
     arr = np.ascontiguousarray(rows).view(dtype).reshape(h, w, channels)
     return arr[..., 0] if channels == 1 else arr
-
-
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> HxWx3 uint8 RGB (contiguous)."""
-    if msg.encoding not in _RGB_INPUT_LAYOUTS:
-        raise ImageConversionError(
-            f"unsupported image encoding {msg.encoding!r}; supported: {', '.join(SUPPORTED_INPUT_ENCODINGS)}")
-    channels, (r, g, b) = _RGB_INPUT_LAYOUTS[msg.encoding]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    _check_geometry(h, w, step, len(msg.data), channels, msg.encoding)
-    pixels = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)[:, : w * channels].reshape(h, w, channels)
-    if channels == 1:
-        return np.repeat(pixels, 3, axis=2)
-    return np.ascontiguousarray(pixels[..., [r, g, b]])
-
-
-def compressed_image_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg/png, as image_transport's compressed plugin writes) -> HxWx3 uint8 RGB."""
-    import cv2  # local import: only compressed input needs OpenCV
-
-    # image_transport writes e.g. "jpeg", "png" or "rgb8; jpeg compressed bgr8"; the codec is sniffed from bytes.
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size == 0:
-        raise ImageConversionError(f"empty compressed image (format {msg.format!r})")
-    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)  # BGR, 3 channels, or None when the bytes are not an image
-    if decoded is None or decoded.size == 0:
-        raise ImageConversionError(
-            f"could not decode compressed image ({data.size} bytes, format {msg.format!r}): corrupt or not jpeg/png")
-    return np.ascontiguousarray(decoded[..., ::-1])
 
 
 def numpy_to_image(array: np.ndarray, encoding: str, header: Header) -> Image:
@@ -131,23 +85,6 @@ def float_image(values: np.ndarray, header: Header) -> Image:
     return numpy_to_image(values.astype(np.float32, copy=False), "32FC1", header)
 
 
-def intrinsics_from_camera_info(msg: CameraInfo) -> tuple[np.ndarray | None, str]:
-    """(K 3x3, "") when the CameraInfo is calibrated, else (None, reason). K[0] == 0 means uncalibrated."""
-    k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if not np.all(np.isfinite(k)):
-        return None, f"camera_info K has non-finite entries: {k.ravel().tolist()}"
-    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
-    if fx == 0.0:
-        return None, "camera_info K[0] == 0 (uncalibrated camera)"
-    if fx < 0 or fy <= 0:
-        return None, f"camera_info focal lengths must be positive (fx={fx}, fy={fy})"
-    if msg.width == 0 or msg.height == 0:
-        return None, f"camera_info has a zero image size ({msg.width}x{msg.height})"
-    if not (0.0 <= cx <= msg.width and 0.0 <= cy <= msg.height):
-        return None, f"camera_info principal point ({cx}, {cy}) lies outside the {msg.width}x{msg.height} image"
-    return k, ""
-
-
 def camera_info_from_intrinsics(k: np.ndarray, height: int, width: int, header: Header) -> CameraInfo:
     """CameraInfo for an undistorted (rectified) pinhole camera with intrinsics K at the given image size."""
     k = np.asarray(k, dtype=np.float64).reshape(3, 3)
@@ -165,66 +102,32 @@ def camera_info_from_intrinsics(k: np.ndarray, height: int, width: int, header: 
 
 
 # --- PointCloud2 -----------------------------------------------------------------------------------------------
-
-# Compact layout: x, y, z, rgb (three uint8 packed into a float32 as PCL/depth_image_proc do), confidence.
-_CLOUD_FIELDS: tuple[tuple[str, int], ...] = (("x", 0), ("y", 4), ("z", 8), ("rgb", 12), ("confidence", 16))
-CLOUD_POINT_STEP = 20
-_CLOUD_DTYPE = np.dtype({"names": [n for n, _ in _CLOUD_FIELDS], "formats": ["<f4"] * len(_CLOUD_FIELDS),
-                         "offsets": [o for _, o in _CLOUD_FIELDS], "itemsize": CLOUD_POINT_STEP})
+# The field table and the packing live in ttt3r_ros.offline.pointcloud (pure numpy), shared with the offline
+# result bag, so live and offline clouds cannot drift apart; this module only wraps them into rclpy messages.
 _PF_TO_NUMPY = {PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
                 PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4",
                 PointField.FLOAT64: "f8"}
 
 
-def pack_rgb_as_float(colours_uint8: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 RGB -> (...) float32 whose bits are 0x00RRGGBB (the PCL/RViz `rgb` field)."""
-    c = colours_uint8.astype(np.uint32)
-    packed = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
-    return packed.astype(np.uint32).view(np.float32)
-
-
-def unpack_rgb_float(rgb: np.ndarray) -> np.ndarray:
-    """Inverse of pack_rgb_as_float: (...) float32 -> (..., 3) uint8."""
-    bits = np.ascontiguousarray(rgb, dtype=np.float32).view(np.uint32)
-    return np.stack([(bits >> 16) & 0xFF, (bits >> 8) & 0xFF, bits & 0xFF], axis=-1).astype(np.uint8)
-
-
 def point_cloud(points_xyz: np.ndarray, colours_uint8: np.ndarray, confidence: np.ndarray, header: Header,
                 confidence_threshold: float | None = None) -> PointCloud2:
-    """Build a PointCloud2 (x, y, z, rgb, confidence; float32) from HxWx3 (organised) or Nx3 (unorganised) arrays.
+    """PointCloud2 (x, y, z, rgb, confidence; float32) from HxWx3 (organised) or Nx3 (unorganised) arrays.
 
     Organised input keeps its HxW layout (height=H, width=W) like depth_image_proc's clouds. Points whose
-    confidence is below `confidence_threshold` get NaN coordinates (the pixel stays, `is_dense` is False).
+    confidence is below `confidence_threshold` (or that are not finite) get NaN coordinates (the pixel stays,
+    `is_dense` is False).
     """
-    pts = np.asarray(points_xyz, dtype=np.float32)
-    if pts.shape[-1] != 3 or pts.ndim not in (2, 3):
-        raise ValueError(f"points must be HxWx3 or Nx3, got {pts.shape}")
-    height, width = (pts.shape[0], pts.shape[1]) if pts.ndim == 3 else (1, pts.shape[0])
-    n = height * width
-    conf = np.asarray(confidence, dtype=np.float32).reshape(n)
-    cols = np.asarray(colours_uint8, dtype=np.uint8).reshape(n, 3)
-    flat = pts.reshape(n, 3)
-    cloud = np.empty(n, dtype=_CLOUD_DTYPE)
-    cloud["x"], cloud["y"], cloud["z"] = flat[:, 0], flat[:, 1], flat[:, 2]
-    cloud["rgb"] = pack_rgb_as_float(cols)
-    cloud["confidence"] = conf
-    invalid = ~np.isfinite(flat).all(axis=1)
-    if confidence_threshold is not None:
-        invalid |= ~(conf >= confidence_threshold)
-    if invalid.any():
-        for name in ("x", "y", "z"):
-            cloud[name][invalid] = np.nan
-
+    packed = cloud_layout.pack_cloud(points_xyz, colours_uint8, confidence, confidence_threshold)
     msg = PointCloud2()
     msg.header = header
-    msg.height, msg.width = height, width
-    msg.fields = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
-                  for name, offset in _CLOUD_FIELDS]
+    msg.height, msg.width = packed.height, packed.width
+    msg.fields = [PointField(name=name, offset=offset, datatype=datatype, count=count)
+                  for name, offset, datatype, count in cloud_layout.CLOUD_FIELDS]
     msg.is_bigendian = False
-    msg.point_step = CLOUD_POINT_STEP
-    msg.row_step = CLOUD_POINT_STEP * width
-    msg.data = cloud.tobytes()
-    msg.is_dense = not bool(invalid.any())
+    msg.point_step = packed.point_step
+    msg.row_step = packed.row_step
+    msg.data = packed.data.tobytes()
+    msg.is_dense = packed.is_dense
     return msg
 
 
@@ -259,21 +162,6 @@ def _quaternion_xyzw(rotation: np.ndarray) -> tuple[float, float, float, float]:
 def matrix_from_quaternion_xyzw(x: float, y: float, z: float, w: float) -> np.ndarray:
     """Unit quaternion (x, y, z, w) from a ROS message -> 3x3 rotation matrix."""
     return geometry.quat_wxyz_to_matrix(geometry.quat_xyzw_to_wxyz(np.array([x, y, z, w], dtype=np.float64)))
-
-
-def body_twist_from_poses(t_prev: np.ndarray, t_curr: np.ndarray, dt_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """(linear m/s, angular rad/s) of the child frame expressed in the child frame (nav_msgs/Odometry twist),
-    from two consecutive poses of the child in the parent frame; finite difference over dt_s."""
-    delta = geometry.invert_se3(t_prev) @ t_curr   # motion expressed in the previous child frame
-    r = delta[:3, :3]
-    angle = geometry.rotation_angle_rad(r)
-    axis_unnorm = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
-    if angle < 1e-9:
-        rotvec = 0.5 * axis_unnorm   # small-angle limit of the log map
-    else:
-        sin = np.sin(angle)
-        rotvec = axis_unnorm * (angle / (2.0 * sin)) if sin > 1e-6 else axis_unnorm  # near pi: direction only
-    return delta[:3, 3] / dt_s, rotvec / dt_s
 
 
 def _check_rigid(matrix: np.ndarray) -> np.ndarray:

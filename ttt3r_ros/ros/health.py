@@ -1,10 +1,5 @@
-"""Tracking state, odometry covariance and the /diagnostics summary derived from per-frame confidence.
-
-The model gives no calibrated pose uncertainty; what it does give is a per-pixel confidence. The fraction of
-pixels that pass `confidence_threshold` is a usable proxy for how much geometry supports the pose, so variances
-scale with its inverse, and below `tracking_lost_fraction` the pose is reported as lost with 9999 variances
-(rtabmap's BAD_COVARIANCE convention), which robot_localization and Nav2 treat as "ignore".
-"""
+"""The /diagnostics summary of ttt3r_node. Tracking state and odometry covariance come from
+``ttt3r_ros.offline.odometry`` (pure numpy, shared with the offline result bag)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,28 +7,7 @@ from dataclasses import dataclass
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
-LOST_VARIANCE = 9999.0
-
-TRACKING_INITIALIZING, TRACKING_OK, TRACKING_DEGRADED, TRACKING_LOST = 0, 1, 2, 3
-TRACKING_NAMES = {TRACKING_INITIALIZING: "initializing", TRACKING_OK: "ok", TRACKING_DEGRADED: "degraded",
-                  TRACKING_LOST: "lost"}
-
-
-def tracking_state(confident_fraction: float, degraded_fraction: float, lost_fraction: float) -> int:
-    if confident_fraction < lost_fraction:
-        return TRACKING_LOST
-    if confident_fraction < degraded_fraction:
-        return TRACKING_DEGRADED
-    return TRACKING_OK
-
-
-def pose_covariance_diagonal(confident_fraction: float, state: int, position_variance_m2: float,
-                             rotation_variance_rad2: float) -> list[float]:
-    """(x, y, z, rx, ry, rz) variances: base / confident fraction; LOST -> 9999. Never zero."""
-    if state == TRACKING_LOST:
-        return [LOST_VARIANCE] * 6
-    scale = 1.0 / max(confident_fraction, 1e-3)
-    return [position_variance_m2 * scale] * 3 + [rotation_variance_rad2 * scale] * 3
+from ttt3r_ros.offline.odometry import TRACKING_DEGRADED, TRACKING_INITIALIZING, TRACKING_LOST, TRACKING_NAMES
 
 
 @dataclass

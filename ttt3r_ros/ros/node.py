@@ -33,6 +33,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
+from ttt3r_ros.offline import odometry
 from ttt3r_ros.ros import conversions as conv
 from ttt3r_ros.ros import health, parameters, qos
 from ttt3r_ros.ros.frame_queue import FrameQueue
@@ -71,7 +72,7 @@ class Ttt3rNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         parameters.declare_parameters(self)
-        self.add_on_set_parameters_callback(parameters.on_set_parameters)
+        self.add_on_set_parameters_callback(parameters.on_set_parameters_callback(lambda: self._configured))
         self._input_group = MutuallyExclusiveCallbackGroup()   # image callbacks may block (process_all_frames)
         self._service_group = ReentrantCallbackGroup()
         self._timer_clock = Clock(clock_type=ClockType.STEADY_TIME)  # timers tick without /clock under sim time
@@ -82,6 +83,7 @@ class Ttt3rNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------------------ state
     def _reset_entities(self) -> None:
+        self._configured = False   # configure succeeded and no cleanup since (configure-time parameters locked)
         self._model: Any = None
         self._engine: Any = None
         self._device = ""
@@ -144,6 +146,7 @@ class Ttt3rNode(LifecycleNode):
             self._free_model()
             return TransitionCallbackReturn.FAILURE
         self._create_outputs()
+        self._configured = True
         self.get_logger().info(
             f"configured: model {self._p['model_config']} ({self._p['weights']}), update_rule "
             f"{self._p['update_rule']}, device {self._device}, {self._p['precision']}, "
@@ -210,7 +213,8 @@ class Ttt3rNode(LifecycleNode):
         weights = str(p["weights"]).strip()
         if not weights:
             raise ValueError("parameter 'weights' is empty: give a checkpoint path (.safetensors or .pth), "
-                             "or 'random' for a random-weight smoke test")
+                             "or 'random' for a random-weight smoke test. With live/bag.launch.py pass weights:=PATH "
+                             "(launch arguments override the params file)")
         if weights == "random":
             self.get_logger().warning("weights:=random: deterministic random initialisation, outputs are meaningless")
             weights_arg = None
@@ -335,14 +339,8 @@ class Ttt3rNode(LifecycleNode):
 
     @_guarded
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        from ttt3r_ros.engine import validate_intrinsics
-
+        # also refuses a K the engine would refuse, so a bad calibration never reaches (and fails) every frame
         k, reason = conv.intrinsics_from_camera_info(msg)
-        if k is not None:
-            try:   # the engine's own check too, so a K it would refuse never reaches (and fails) every frame
-                validate_intrinsics(k)
-            except ValueError as exc:
-                k, reason = None, str(exc)
         if k is None:
             self._log_throttled("warn", f"ignoring camera_info: {reason}; using model-estimated intrinsics")
             with self._state_lock:
@@ -367,8 +365,7 @@ class Ttt3rNode(LifecycleNode):
 
     def _live_values(self) -> dict[str, Any]:
         """Current values of the parameters that may change while active (read per frame)."""
-        return {spec.name: self.get_parameter(spec.name).value for spec in parameters.PARAMETERS
-                if not spec.read_only}
+        return {spec.name: self.get_parameter(spec.name).value for spec in parameters.PARAMETERS if spec.live}
 
     def _decode(self, msg: Any) -> np.ndarray:
         if isinstance(msg, CompressedImage):
@@ -462,10 +459,10 @@ class Ttt3rNode(LifecycleNode):
         confidence = np.asarray(result.confidence, dtype=np.float32)
         live = self._live_values()
         thr = float(live["confidence_threshold"])
-        confident_fraction = float(np.mean(confidence >= thr))
-        state = health.tracking_state(confident_fraction, float(live["tracking_degraded_fraction"]),
+        confident_fraction = odometry.confident_fraction(confidence, thr)
+        state = odometry.tracking_state(confident_fraction, float(live["tracking_degraded_fraction"]),
                                       float(live["tracking_lost_fraction"]))
-        cov = health.pose_covariance_diagonal(confident_fraction, state, float(live["position_variance_m2"]),
+        cov = odometry.pose_covariance_diagonal(confident_fraction, state, float(live["position_variance_m2"]),
                                               float(live["rotation_variance_rad2"]))
 
         odom_header = Header(stamp=stamp, frame_id=p["odom_frame"])
@@ -493,7 +490,7 @@ class Ttt3rNode(LifecycleNode):
         s.queue_wait_ms = (t_worker_start - frame.received_wall_s) * 1e3
         s.map_points = int(map_size)
         s.paused = self._paused
-        s.message = f"{health.TRACKING_NAMES[state]}; confident {confident_fraction:.2f}"
+        s.message = f"{odometry.TRACKING_NAMES[state]}; confident {confident_fraction:.2f}"
         if result.was_reset and self._frame_index > 1:   # service reset, reset_interval (not the first frame)
             s.resets += 1
         self._last_header = cam_header
@@ -516,20 +513,20 @@ class Ttt3rNode(LifecycleNode):
         st.map_points = s.map_points
         st.message = s.message
         self._pubs["status"].publish(st)
-        if state == health.TRACKING_LOST:
+        if state == odometry.TRACKING_LOST:
             self._log_throttled("warn", f"tracking lost: only {confident_fraction:.1%} of pixels are confident "
-                                f"(threshold {thr}); odometry covariance set to {health.LOST_VARIANCE}",
+                                f"(threshold {thr}); odometry covariance set to {odometry.LOST_VARIANCE}",
                                 key="tracking lost")
 
     def _publish_pose(self, t_odom_base: np.ndarray, stamp_s: float, header: Header, cov: list[float]) -> None:
         p = self._p
         base = p["base_frame"]
         twist_lin, twist_ang = np.zeros(3), np.zeros(3)
-        twist_cov = [health.LOST_VARIANCE] * 6   # unknown until two poses exist
+        dt = None   # unknown until two poses exist
         if self._prev_pose is not None and stamp_s > self._prev_pose[0]:
             dt = stamp_s - self._prev_pose[0]
-            twist_lin, twist_ang = conv.body_twist_from_poses(self._prev_pose[1], t_odom_base, dt)
-            twist_cov = [2.0 * c / (dt * dt) for c in cov]
+            twist_lin, twist_ang = odometry.body_twist_from_poses(self._prev_pose[1], t_odom_base, dt)
+        twist_cov = odometry.twist_covariance_diagonal(cov, dt)
         self._prev_pose = (stamp_s, t_odom_base)
         self._pubs["odom"].publish(conv.odometry(t_odom_base, header, base, cov, twist_cov, twist_lin, twist_ang))
         if self.get_parameter("publish_tf").value:
@@ -635,7 +632,7 @@ class Ttt3rNode(LifecycleNode):
             self._trajectory.clear()
         self._map_dirty = True   # the next map_points message shows the cleared map
         # (resets are counted when the engine reports the new chunk at the next frame)
-        self._summary.tracking_state = health.TRACKING_INITIALIZING
+        self._summary.tracking_state = odometry.TRACKING_INITIALIZING
         response.success = True
         response.message = ("state reset: the next frame starts a new chunk, odometry restarts at identity, "
                             "path and map are cleared")
@@ -727,8 +724,11 @@ def main(args: list[str] | None = None) -> int:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 node.trigger_activate()
             else:
-                node.get_logger().error("autostart: configure failed; the node stays unconfigured (fix the "
-                                        "parameters, then call the lifecycle change_state service)")
+                name = node.get_fully_qualified_name()
+                node.get_logger().error(
+                    f"autostart: configure failed; the node stays unconfigured. Fix the parameters "
+                    f"(e.g. ros2 param set {name} weights /path/model.safetensors), then "
+                    f"ros2 lifecycle set {name} configure")
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -39,16 +39,16 @@ class StaticTransformBuffer:
                 if child and parent:
                     self._edges[child] = (parent, matrix_from_transform(ts.transform))
 
-    def _to_root(self, frame: str) -> tuple[str, np.ndarray, list[str]]:
-        """(root frame, T_root_frame, frames walked)."""
+    def _to_root(self, frame: str) -> tuple[str, np.ndarray]:
+        """(root frame, T_root_frame); at most 64 hops, so a cycle in bad input cannot hang the worker."""
         t = np.eye(4)
-        walked = [frame]
-        while frame in self._edges and len(walked) <= 64:
+        for _ in range(64):
+            if frame not in self._edges:
+                break
             parent, t_parent_child = self._edges[frame]
             t = t_parent_child @ t
             frame = parent
-            walked.append(frame)
-        return frame, t, walked
+        return frame, t
 
     def lookup(self, target_frame: str, source_frame: str) -> np.ndarray | None:
         """T_target_source (maps points in source_frame into target_frame), or None when not connected."""
@@ -56,8 +56,8 @@ class StaticTransformBuffer:
         if target_frame == source_frame:
             return np.eye(4)
         with self._lock:
-            root_s, t_root_source, _ = self._to_root(source_frame)
-            root_t, t_root_target, _ = self._to_root(target_frame)
+            root_s, t_root_source = self._to_root(source_frame)
+            root_t, t_root_target = self._to_root(target_frame)
         if root_s != root_t:
             return None
         return np.linalg.inv(t_root_target) @ t_root_source
@@ -105,5 +105,7 @@ class ExtrinsicLookup:
         if self._subscription is not None:
             self._node.destroy_subscription(self._subscription)
             self._subscription = None
+        if self._tf2_listener is not None and hasattr(self._tf2_listener, "unregister"):
+            self._tf2_listener.unregister()   # its /tf and /tf_static subscriptions would outlive a cleanup
         self._tf2_listener = None
         self._tf2_buffer = None
