@@ -6,7 +6,8 @@ the stand-in network (exact point maps, no neural network), reads every per-fram
 (pose, intrinsics incl. the Weiszfeld focal, depth, confidence, colour, world points) and times it. The stand-in's
 own step time is measured separately and subtracted. Prints one JSON line.
 
-    .venv/bin/python scripts/bench_engine_overhead.py [--frames 60] [--threads 1]
+    .venv/bin/python scripts/bench_engine_overhead.py [--frames 60] [--threads 1] [--map-stride K]
+        [--focal-stride K] [--no-map]
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def main() -> int:
     ap.add_argument("--voxel-size", type=float, default=0.02)
     ap.add_argument("--no-map", action="store_true", help="do not accumulate the voxel map")
     ap.add_argument("--map-stride", type=int, default=1, help="EngineConfig.map_pixel_stride")
+    ap.add_argument("--focal-stride", type=int, default=1,
+                    help="EngineConfig.focal_pixel_stride (1 = the reference's exact estimate)")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -70,7 +73,8 @@ def main() -> int:
     pts = np.stack([room.render(k_model, rc.model_h, rc.model_w, p)[2] for p in poses])
     net = TimedNetwork(OracleNetwork(torch.cat([p.images for p in pre]), pts, poses))
     eng = StreamingReconstructor(net, build_map=not args.no_map, map_max_points=args.map_max_points,
-                                 voxel_size=args.voxel_size, map_pixel_stride=args.map_stride)
+                                 voxel_size=args.voxel_size, map_pixel_stride=args.map_stride,
+                                 focal_pixel_stride=args.focal_stride)
 
     overhead, phases = [], {"preprocess": [], "post_incl_map": [], "outputs_and_focal": []}
     for i in range(args.warmup + args.frames):
@@ -89,6 +93,7 @@ def main() -> int:
     result = {
         "bench": "engine_host_overhead", "input": f"{w_in}x{h_in}", "model_input": f"{rc.model_w}x{rc.model_h}",
         "frames": args.frames, "torch_threads": torch.get_num_threads(), "map": not args.no_map, "map_stride": args.map_stride,
+        "focal_stride": args.focal_stride,
         "map_points": len(eng.voxel_map), "overhead_ms_median": round(statistics.median(overhead), 3),
         "overhead_ms_mean": round(statistics.fmean(overhead), 3),
         "overhead_ms_p90": round(float(np.percentile(overhead, 90)), 3),

@@ -130,6 +130,63 @@ def test_focal_estimator_recovers_exact_pinhole_focal_and_handles_inf():
     assert got == pytest.approx(f, rel=1e-6)
 
 
+def _weiszfeld_transcription(pts, pp, iterations=10):
+    """The reference's focal estimator written plainly (as dust3r has it): the optimised one must equal it bit for
+    bit. Pure torch, kept here so the engine's buffer reuse / plane sums / grid cache are checked against it."""
+    pts = pts.unsqueeze(0) if pts.dim() == 3 else pts
+    b, h, w, _ = pts.shape
+    pp = torch.as_tensor(pp, dtype=pts.dtype).reshape(-1, 2).expand(b, 2)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    pixels = torch.stack([xs, ys], dim=-1).to(pts.dtype).view(1, -1, 2) - pp.view(-1, 1, 2)
+    flat = pts.flatten(1, 2)
+    xy = (flat[..., :2] / flat[..., 2:3]).nan_to_num(posinf=0.0, neginf=0.0)
+    dot_xy_px = (xy * pixels).sum(dim=-1)
+    dot_xy_xy = xy.square().sum(dim=-1)
+    focal = dot_xy_px.mean(dim=1) / dot_xy_xy.mean(dim=1)
+    for _ in range(iterations):
+        dis = (pixels - focal.view(-1, 1, 1) * xy).norm(dim=-1)
+        weight = dis.clip(min=1e-8).reciprocal()
+        focal = (weight * dot_xy_px).mean(dim=1) / (weight * dot_xy_xy).mean(dim=1)
+    return focal.clip(min=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_focal_estimator_is_bit_identical_to_the_plain_transcription(reference_dir, dtype):
+    tensors, _ = load_vectors(parity_path(reference_dir))
+    g = torch.Generator().manual_seed(3)
+    cases = [tensors["focal_check/pts3d"].to(dtype)]
+    for h, w in [(48, 64), (37, 51), (96, 128)]:
+        pts = torch.randn(2, h, w, 3, generator=g, dtype=dtype)
+        pts[..., 2] = pts[..., 2].abs() + 0.05
+        pts[0, 0, 0, 2] = 0.0                 # x/z = inf -> 0
+        pts[1, 3, 4] = float("nan")           # NaN -> 0
+        cases.append(pts)
+    for pts in cases:
+        h, w = pts.shape[1:3]
+        for pp in [geometry.reference_principal_point(h, w), (w / 2 - 0.25, h / 2 + 0.5)]:
+            for _ in range(2):  # the second call reuses the cached pixel grid
+                got = geometry.estimate_focal_weiszfeld(pts, pp)
+                assert torch.equal(got, _weiszfeld_transcription(pts, pp)), (got, _weiszfeld_transcription(pts, pp))
+            assert torch.equal(geometry.estimate_focal_weiszfeld(pts[1], pp), _weiszfeld_transcription(pts[1], pp)[0])
+
+
+def test_focal_pixel_stride_is_an_approximation_on_true_pixel_coordinates():
+    h, w, f = 96, 128, 110.0
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    z = 1.0 + 0.5 * np.sin(u / 9.0) ** 2 + 0.2 * np.cos(v / 5.0)
+    pts = torch.as_tensor(np.stack([(u - w // 2) / f * z, (v - h // 2) / f * z, z], axis=-1))
+    noisy = pts.clone()
+    noisy[..., :2] *= 1 + 0.01 * torch.sin(torch.arange(h * w, dtype=torch.float64).view(h, w, 1))
+    pp = (w // 2, h // 2)
+    for k in (2, 3, 4):  # exact pinhole: every subsample recovers f (coordinates of the kept pixels are right)
+        assert float(geometry.estimate_focal_weiszfeld(pts, pp, pixel_stride=k)) == pytest.approx(f, rel=1e-9)
+    exact = float(geometry.estimate_focal_weiszfeld(noisy, pp))
+    approx = float(geometry.estimate_focal_weiszfeld(noisy, pp, pixel_stride=2))
+    assert approx != exact and approx == pytest.approx(exact, rel=1e-3)
+    with pytest.raises(ValueError, match="pixel_stride"):
+        geometry.estimate_focal_weiszfeld(pts, pp, pixel_stride=0)
+
+
 # ------------------------------------------------------------------------------------------ demo chaining
 def test_demo_chaining_matches_stored_demo_c2w_chained(reference_dir):
     tensors, meta = load_vectors(parity_path(reference_dir))

@@ -474,3 +474,42 @@ def test_non_finite_pose_is_reported_and_recovered(seq):
     assert np.allclose(res[4].camera_to_world, gt[2], atol=1e-5)
     assert np.allclose(res[5].camera_to_world, gt[2] @ np.linalg.inv(gt[4]) @ gt[5], atol=1e-5)
     assert np.all(np.isfinite(eng.voxel_map.points()))
+
+
+def test_voxel_reduction_paths_agree_bit_for_bit(monkeypatch):
+    """Frame-local int32 keys vs packed int64 keys, and the whole-batch validity check vs per-point masks: the
+    fast paths must give exactly the same voxels, sums and order as the general ones."""
+    from ttt3r_ros.engine import voxel_map as vm_mod
+    g = torch.Generator().manual_seed(7)
+    pts = torch.randn(4000, 3, generator=g) * 0.3 + torch.tensor([0.5, -2.0, 40.0])  # far from the origin
+    col = torch.randint(0, 256, (4000, 3), generator=g, dtype=torch.uint8)
+    conf = torch.rand(4000, generator=g) * 4 + 0.1
+    fast = vm_mod.reduce_to_voxels(pts, col, conf, 0.01)
+    monkeypatch.setattr(vm_mod, "_LOCAL_KEY_MAX_EXTENT", 0)  # force the int64 path
+    general = vm_mod.reduce_to_voxels(pts, col, conf, 0.01)
+    bad = torch.cat([pts, torch.tensor([[float("nan"), 0.0, 0.0]])])  # forces the per-point validity masks
+    masked = vm_mod.reduce_to_voxels(bad, torch.cat([col, col[:1]]), torch.cat([conf, conf[:1]]), 0.01)
+    monkeypatch.undo()
+    assert fast[0].numel() > 1000
+    for a, b, c in zip(fast[:5], general[:5], masked[:5]):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert fast[5] == general[5] == 0 and masked[5] == 1
+    # keys decode to the voxels of the points; a batch wider than the int32 range takes the int64 path by itself
+    assert np.allclose(vm_mod.voxel_centres(fast[0].numpy(), 0.01), fast[2].numpy(), atol=0.005 + 1e-6)
+    wide = torch.tensor([[0.0, 0.0, 0.0], [30.0, -30.0, 30.0], [30.004, -29.996, 30.001]])
+    keys, w, mean, _, cmax, dropped = vm_mod.reduce_to_voxels(wide, torch.zeros(3, 3), torch.tensor([1.0, 1.0, 3.0]),
+                                                             0.01)
+    assert keys.numel() == 2 and dropped == 0 and w.tolist() == [1.0, 4.0] and cmax.tolist() == [1.0, 3.0]
+    assert np.allclose(mean[1].numpy(), [30.003, -29.997, 30.00075], atol=1e-5)
+
+
+def test_focal_pixel_stride_option(seq):
+    net = oracle_for(seq)
+    exact = StreamingReconstructor(net, size=64).step(seq.images[0], 0.0)
+    sub = StreamingReconstructor(net, size=64, focal_pixel_stride=2).step(seq.images[0], 0.0)
+    pts = torch.as_tensor(seq.points_camera[0], dtype=torch.float32)
+    assert exact.focal_model == float(geometry.estimate_focal_weiszfeld(pts, (32.0, 24.0)))
+    assert sub.focal_model == float(geometry.estimate_focal_weiszfeld(pts, (32.0, 24.0), pixel_stride=2))
+    assert sub.focal_model == pytest.approx(exact.focal_model, rel=1e-4)
+    with pytest.raises(ValueError, match="focal_pixel_stride"):
+        StreamingReconstructor(net, focal_pixel_stride=0)

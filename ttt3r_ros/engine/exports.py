@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from typing import Callable, Sequence
 
 import numpy as np
@@ -26,22 +26,41 @@ _PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), 
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through ``write(fileobj)`` into a temp file next to ``path``, fsync, then atomically replace."""
+    """Write through ``write(fileobj)`` into a temp file next to ``path``, fsync, then atomically replace.
+
+    The final file gets the mode a plain ``open(path, "wb")`` would give (0o666 & ~umask, default ACLs applied), not
+    mkstemp's 0600: the temporary is created by ``open(tmp, "xb")`` (O_CREAT | O_EXCL, mode 0o666 less the umask).
+    Its name is chosen before it exists and everything from its creation on runs inside the ``try``, so an exception
+    or a KeyboardInterrupt landing at any point removes it; ``path`` is always either the old file or the whole
+    new one.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    prefix = os.path.join(folder, "." + os.path.basename(path) + ".")
+    tmp: str | None = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        for _ in range(100):  # a random 64-bit name does not collide in practice; O_EXCL guarantees it
+            tmp = prefix + secrets.token_hex(8) + ".tmp"
+            try:
+                f = open(tmp, "xb")
+                break
+            except FileExistsError:
+                tmp = None  # someone else's file: never remove it
+        else:
+            raise FileExistsError(f"atomic_write: no free temporary file name next to {path}")
+        with f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         raise
     try:  # make the rename itself durable (best effort: not every filesystem allows fsync on a folder)
         dfd = os.open(folder, os.O_RDONLY)

@@ -13,7 +13,10 @@ Merging rules (documented contract):
 
 Per-``add`` work is vectorised: the incoming points are reduced to one entry per voxel with torch on their own
 device (GPU if they live there), then merged on the host through a sorted key index (a large sorted main index plus
-a small sorted delta index that is folded in when it grows, so inserting is not O(map size) per frame).
+a small sorted delta index that is folded in when it grows, so inserting is not O(map size) per frame). Fast paths
+that change no result (test_engine_synthetic compares them bit for bit): validity is checked on the whole batch
+first (per-point masks only when something is out of range or non-finite), the per-frame sort runs on frame-local
+int32 keys when the frame spans <= 1290 voxels per axis, and revisited voxels are updated without boolean gathers.
 """
 from __future__ import annotations
 
@@ -30,6 +33,40 @@ def _as_tensor(x, dtype=None) -> torch.Tensor:
     return t if dtype is None else t.to(dtype)
 
 
+_LOCAL_KEY_MAX_EXTENT = 1290  # 1290**3 < 2**31: a frame spanning at most this many voxels per axis uses int32 keys
+
+
+def _pack_keys(coords_int64: torch.Tensor) -> torch.Tensor:
+    """Integer voxel coordinates [V,3] (int64, within +-2**20) -> packed int64 keys, ordered like (x, y, z)."""
+    c = coords_int64 + _AXIS_OFFSET
+    return (c[:, 0] << (2 * _AXIS_BITS)) | (c[:, 1] << _AXIS_BITS) | c[:, 2]
+
+
+def _unique_voxels(coords: torch.Tensor, lo: float | None = None, hi: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted unique packed keys [V], inverse [N]) of float voxel coordinates [N,3] (integral values).
+
+    One frame usually spans a few hundred voxels per axis, so the sort runs on frame-local int32 keys
+    ((x-lo)*E*E + (y-lo)*E + z-lo, E = hi-lo+1 over all three axes), ~1.7x faster than on the packed int64 keys.
+    The local keys order voxels exactly as the packed keys do (both lexicographic in x, y, z), so the unique keys
+    come out in the same order with the same inverse; only the V unique ones are converted to packed keys.
+    ``lo``/``hi``: min/max over all of ``coords`` if the caller has them (saves a pass and a device sync).
+    """
+    if coords.shape[0]:
+        if lo is None or hi is None:
+            lo, hi = (float(v) for v in torch.stack(torch.aminmax(coords)).tolist())
+        extent = int(hi) - int(lo) + 1
+        if extent <= _LOCAL_KEY_MAX_EXTENT:
+            local = (coords - lo).to(torch.int32)
+            keys32 = local[:, 0] * (extent * extent)
+            keys32.add_(local[:, 1] * extent).add_(local[:, 2])
+            ukeys32, inverse = torch.unique(keys32, sorted=True, return_inverse=True)
+            u = ukeys32.to(torch.int64)
+            xyz = torch.stack([u // (extent * extent), (u // extent) % extent, u % extent], dim=1) + int(lo)
+            return _pack_keys(xyz), inverse
+    return torch.unique(_pack_keys(coords.to(torch.int64)), sorted=True, return_inverse=True)
+
+
 def reduce_to_voxels(points: torch.Tensor, colours: torch.Tensor, confidences: torch.Tensor, voxel_size: float
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """One entry per voxel of a point batch (on the points' device).
@@ -41,14 +78,22 @@ def reduce_to_voxels(points: torch.Tensor, colours: torch.Tensor, confidences: t
     col = colours.reshape(-1, 3).to(torch.float32)
     conf = confidences.reshape(-1).to(torch.float32)
     coords = torch.floor(pts * (1.0 / voxel_size))
-    valid = (coords.abs() < _AXIS_OFFSET - 1).all(dim=1) & (conf > 0) & torch.isfinite(conf)  # NaN fails both
-    n_dropped = int(pts.shape[0] - int(valid.sum()))
-    if n_dropped:
-        keep = torch.nonzero(valid).squeeze(1)
-        pts, col, conf, coords = pts[keep], col[keep], conf[keep], coords[keep]
-    c = coords.to(torch.int64) + _AXIS_OFFSET
-    keys = (c[:, 0] << (2 * _AXIS_BITS)) | (c[:, 1] << _AXIS_BITS) | c[:, 2]
-    ukeys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    n_dropped = 0
+    limit = _AXIS_OFFSET - 1
+    lo = hi = None
+    if pts.shape[0]:
+        # whole-batch check first (two cheap reductions and one host copy; NaN fails every comparison); per-point
+        # masks only when it fails
+        c_lo, c_hi, w_lo, w_hi = torch.stack([*torch.aminmax(coords), *torch.aminmax(conf)]).tolist()
+        if -limit < c_lo and c_hi < limit and 0 < w_lo and w_hi < float("inf"):
+            lo, hi = c_lo, c_hi
+        else:
+            valid = (coords.abs() < limit).all(dim=1) & (conf > 0) & torch.isfinite(conf)  # NaN fails both
+            keep = torch.nonzero(valid).squeeze(1)
+            n_dropped = int(pts.shape[0] - keep.shape[0])
+            if n_dropped:
+                pts, col, conf, coords = pts[keep], col[keep], conf[keep], coords[keep]
+    ukeys, inverse = _unique_voxels(coords, lo, hi)
     n = ukeys.shape[0]
     # one [N,7] scatter-add of (w, w*p, w*c): float32 is ample for voxel means (relative error ~1e-7)
     data = torch.empty(pts.shape[0], 7, dtype=torch.float32, device=pts.device)
@@ -154,28 +199,38 @@ class VoxelMap:
         w, mp, mc, cmax = w.cpu().numpy(), mp.cpu().numpy(), mc.cpu().numpy(), cmax.cpu().numpy()
         slots = self._lookup(keys)
         found = slots >= 0
-        if np.any(found):
-            s = slots[found]
-            wn = self._weight[s] + w[found]
-            frac = (w[found] / wn)[:, None]
-            self._pos[s] += (frac * (mp[found] - self._pos[s])).astype(np.float32)
-            self._col[s] += (frac * (mc[found] - self._col[s])).astype(np.float32)
+        n_found = int(np.count_nonzero(found))
+        if n_found:
+            if n_found == found.shape[0]:  # steady state (revisiting known surfaces): no boolean gathers
+                s, wf, mpf, mcf, cmaxf = slots, w, mp, mc, cmax
+            else:
+                s, wf, mpf, mcf, cmaxf = slots[found], w[found], mp[found], mc[found], cmax[found]
+            # running weighted mean; slots are unique, so gather -> update -> scatter equals `arr[s] += ...`
+            wn = self._weight[s] + wf
+            frac = (wf / wn)[:, None]
+            pos = self._pos[s]
+            pos += (frac * (mpf - pos)).astype(np.float32)
+            self._pos[s] = pos
+            col = self._col[s]
+            col += (frac * (mcf - col)).astype(np.float32)
+            self._col[s] = col
             self._weight[s] = wn
-            self._conf[s] = np.maximum(self._conf[s], cmax[found])
+            self._conf[s] = np.maximum(self._conf[s], cmaxf)
             self._last[s] = self.updates
+        n_new = int(found.shape[0] - n_found)
         new = ~found
-        n_new = int(new.sum())
         if n_new:
             self._reserve(self._n + n_new)
-            s = np.arange(self._n, self._n + n_new)
-            self._key[s] = keys[new]
+            s = slice(self._n, self._n + n_new)
+            new_keys = keys[new]
+            self._key[s] = new_keys
             self._pos[s] = mp[new]
             self._col[s] = mc[new]
             self._weight[s] = w[new]
             self._conf[s] = cmax[new]
             self._last[s] = self.updates
+            self._insert_delta(new_keys, np.arange(self._n, self._n + n_new))  # keys come sorted from unique
             self._n += n_new
-            self._insert_delta(keys[new], s)  # keys come sorted from torch.unique
         if self._n > self.max_points:
             self._evict()
         return int(keys.size)
