@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -425,8 +425,9 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
         header[META_TRAINING_CONFIG] = json.dumps(training_config, sort_keys=True, default=str)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Name chosen before anything exists on disk, so an interrupt at any point leaves no stray temporary file;
+    # safetensors creates it with the process umask (mkstemp's 0600 would make the checkpoint private).
+    tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         save_file(tensors, tmp_name, metadata=header)
         with open(tmp_name, "rb") as f:
