@@ -95,6 +95,9 @@ class TTT3RModel(nn.Module):
         self.downstream_head = DownstreamHead(cfg)
         self._rope_cache: dict[tuple[int, int, str], RopeTables] = {}
         self._initial_state_tokens: Optional[torch.Tensor] = None
+        # Fast path (ttt3r_ros.model.fast): run each decoder layer's state block on a side CUDA stream,
+        # concurrently with its image block. None = one stream (the default, and always on CPU).
+        self.decoder_side_stream: Optional[torch.cuda.Stream] = None
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_constants())
 
     # -- constants ------------------------------------------------------------------------------------------------
@@ -162,10 +165,30 @@ class TTT3RModel(nn.Module):
         hooks = self.cfg.dpt_hooks
         taps: list[torch.Tensor] = []
         gate_terms: list[torch.Tensor] = []
+        side = self.decoder_side_stream if state_tokens.is_cuda else None
+        main = torch.cuda.current_stream(state_tokens.device) if side is not None else None
         for layer, (state_block, image_block) in enumerate(zip(self.dec_blocks_state, self.dec_blocks), start=1):
             # both stacks read the previous layer's outputs
-            x_next, gate_term = state_block(x, y, tables.state, tables.image_with_pose_for_state, with_gate=True)
-            y, _ = image_block(y, x, tables.image_with_pose, tables.state_for_image)
+            if side is None:
+                x_next, gate_term = state_block(x, y, tables.state, tables.image_with_pose_for_state,
+                                                with_gate=True)
+                y, _ = image_block(y, x, tables.image_with_pose, tables.state_for_image)
+            else:
+                # The two blocks of a layer are independent and each too small (~768 tokens) to fill a big GPU:
+                # the state block runs on the side stream while the image block runs here. record_stream stops
+                # the caching allocator from reusing a tensor's memory before the other stream is done with it.
+                assert main is not None
+                side.wait_stream(main)
+                x.record_stream(side)
+                y.record_stream(side)
+                with torch.cuda.stream(side):
+                    x_next, gate_term = state_block(x, y, tables.state, tables.image_with_pose_for_state,
+                                                    with_gate=True)
+                y, _ = image_block(y, x, tables.image_with_pose, tables.state_for_image)
+                main.wait_stream(side)
+                x_next.record_stream(main)
+                assert gate_term is not None
+                gate_term.record_stream(main)
             x = x_next
             assert gate_term is not None
             gate_terms.append(gate_term)

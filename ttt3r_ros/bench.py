@@ -1,0 +1,799 @@
+"""`ttt3r-ros bench`: stream synthetic frames through the model and print timing and memory as one JSON line.
+
+What one "step" means here is what a live node pays per camera frame: a uint8 frame at model resolution goes in,
+and the outputs the node publishes come back into host memory (camera pose, depth, confidence and coloured
+world points at model resolution). A step's latency is host wall-clock time from handing the frame over until
+those outputs are readable on the host, so it includes upload, preprocessing, the network, post-processing and the
+device-to-host copies.
+
+Modes:
+  speed    (default) FPS and step-latency percentiles over --frames timed steps after --warmup steps.
+  memory   allocated/peak GPU memory sampled every --memory-every frames: shows whether memory grows.
+  drift    the reduced-precision model (--precision) against a float32 copy (TF32 off) on the same frames:
+           pose translation / rotation and depth differences per frame, summarised.
+  profile  torch.profiler over a few steps: top kernels, kernel launches and GPU-busy time per step.
+
+Execution paths (``--baseline``):
+  none       this package's fast path: GPU preprocessing from uint8, the model's fused attention, only the heads
+             the node needs, ttt3r_ros.model.fast on CUDA (CUDA-graph replay of the whole step, compiled blocks,
+             channels-last heads, concurrent decoders), pinned host buffers with asynchronous copies.
+  reference  mimics how the reference implementation executes (float32 with TF32 on, explicit attention with the
+             logits materialised for the gate, all three heads, float frames normalised on the host, synchronous
+             per-frame host copies of every output, no graphs), so speed-ups are measured in the same run and card.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ALL_HEADS: tuple[str, ...] = ("self", "cross", "rgb")
+# What the node publishes needs the self-view point map (depth, confidence, points via the pose) and the pose;
+# colours come from the input frame. The cross (world) DPT and the RGB DPT are not needed.
+NODE_HEADS: tuple[str, ...] = ("self",)
+DEFAULT_MODEL = "cut3r_512_dpt_4_64"
+# The model's fast-path levers (ttt3r_ros.model.fast.FAST_LEVERS); kept in sync by a test.
+LEVERS: tuple[str, ...] = ("compile", "compile_heads", "channels_last", "concurrent_decoders")
+_MIB = 1024.0 * 1024.0
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-config", default=DEFAULT_MODEL,
+                        help="preset name or path to a JSON laid out like parity_tiny.json (default: %(default)s)")
+    parser.add_argument("--weights", default=None, help="checkpoint (.safetensors/.pth); default: random weights")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
+    parser.add_argument("--height", type=int, default=384, help="model input height, multiple of 16")
+    parser.add_argument("--width", type=int, default=512, help="model input width, multiple of 16")
+    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                        help="weights/activations dtype; auto = bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--head-precision", choices=list(PRECISIONS), default=None,
+                        help="dtype of the DPT/pose heads; default: same as --precision (the reference: fp32)")
+    parser.add_argument("--batch", type=int, default=1, help="independent streams stepped together")
+    parser.add_argument("--update-rule", default="ttt3r", help="state update rule (ttt3r, cut3r)")
+    parser.add_argument("--frames", type=int, default=200, help="timed frames (speed/memory/drift)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed frames before timing (speed mode)")
+    parser.add_argument("--heads", default="node",
+                        help="comma list of self,cross,rgb; 'node' = what the node publishes (self), 'all'")
+    parser.add_argument("--mode", choices=["speed", "memory", "drift", "profile"], default="speed")
+    parser.add_argument("--memory-every", type=int, default=100, help="memory mode: sample every K frames")
+    parser.add_argument("--baseline", choices=["none", "reference"], default="none",
+                        help="'reference' executes like the reference implementation (see module doc)")
+    parser.add_argument("--tf32", choices=["auto", "on", "off"], default="auto",
+                        help="TF32 matmuls/convs for float32; auto = off (parity) except --baseline reference")
+    parser.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+                        help="replay the step as a CUDA graph; auto = on for CUDA fast path")
+    parser.add_argument("--levers", default="auto",
+                        help="fast-path levers: auto (the model's defaults on CUDA: all for bf16/fp16, the "
+                             "parity-safe ones for fp32; none on CPU), none, or a comma list of "
+                             + ",".join(LEVERS))
+    parser.add_argument("--seed", type=int, default=0, help="random-weight seed and synthetic-frame seed")
+    parser.add_argument("--json-out", default=None, help="also write the JSON result (and samples) to this file")
+    parser.add_argument("--profile-out", default=None, help="profile mode: write the full kernel table here")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        opts = BenchOptions.from_args(args)
+    except ValueError as exc:
+        print(f"ttt3r-ros bench: {exc}", file=sys.stderr)
+        return 2
+    result = run_bench(opts)
+    line = json.dumps(result["summary"], sort_keys=False)
+    print(line, flush=True)
+    if opts.json_out:
+        _write_json_atomic(Path(opts.json_out), result)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- options
+
+
+@dataclass
+class BenchOptions:
+    model_config: str
+    weights: str | None
+    device: torch.device
+    height: int
+    width: int
+    precision: str
+    head_precision: str | None
+    batch: int
+    update_rule: str
+    frames: int
+    warmup: int
+    heads: tuple[str, ...]
+    mode: str
+    memory_every: int
+    baseline: str
+    tf32: bool
+    cuda_graphs: bool
+    seed: int
+    levers: tuple[str, ...] = ()
+    json_out: str | None = None
+    profile_out: str | None = None
+
+    @staticmethod
+    def from_args(args: argparse.Namespace) -> "BenchOptions":
+        device = _resolve_device(args.device)
+        if args.height <= 0 or args.width <= 0 or args.height % 16 or args.width % 16:
+            raise ValueError(f"--height/--width must be positive multiples of 16, got {args.height}x{args.width}")
+        if args.batch < 1:
+            raise ValueError(f"--batch must be >= 1, got {args.batch}")
+        if args.frames < 1 or args.warmup < 0:
+            raise ValueError("--frames must be >= 1 and --warmup >= 0")
+        if args.memory_every < 1:
+            raise ValueError("--memory-every must be >= 1")
+        reference = args.baseline == "reference"
+        precision = args.precision
+        if precision == "auto":
+            precision = "fp32" if (reference or device.type != "cuda") else "bf16"
+        if reference and precision != "fp32":
+            raise ValueError("--baseline reference runs float32 (as the reference does); drop --precision")
+        if args.mode == "drift" and precision == "fp32":
+            raise ValueError("drift mode compares a reduced precision against fp32: use --precision bf16 or fp16")
+        heads = _parse_heads(args.heads, reference)
+        head_precision = args.head_precision
+        if reference and head_precision not in (None, "fp32"):
+            raise ValueError("--baseline reference runs its heads in fp32")
+        if args.tf32 == "auto":
+            tf32 = reference
+        else:
+            tf32 = args.tf32 == "on"
+        if args.cuda_graphs == "auto":
+            graphs = device.type == "cuda" and not reference
+        else:
+            graphs = args.cuda_graphs == "on"
+        if graphs and device.type != "cuda":
+            raise ValueError("--cuda-graphs on needs a CUDA device")
+        if graphs and reference:
+            raise ValueError("--baseline reference runs without graphs")
+        if args.levers == "auto":
+            # the model's defaults: everything for bf16/fp16, only parity-safe levers for fp32
+            levers = (_default_levers(precision) if (device.type == "cuda" and not reference) else ())
+        elif args.levers == "none":
+            levers = ()
+        else:
+            levers = tuple(x.strip() for x in args.levers.split(",") if x.strip())
+        unknown = [x for x in levers if x not in LEVERS]
+        if unknown:
+            raise ValueError(f"--levers: unknown {unknown}; known: {list(LEVERS)}")
+        if levers and reference:
+            raise ValueError("--levers apply to the fast path, not to --baseline reference")
+        if levers and device.type != "cuda":
+            raise ValueError("--levers are CUDA fast-path levers; the CPU path runs eager (use --levers none)")
+        return BenchOptions(
+            model_config=args.model_config, weights=args.weights, device=device, height=args.height,
+            width=args.width, precision=precision, head_precision=head_precision, batch=args.batch, update_rule=args.update_rule,
+            frames=args.frames, warmup=args.warmup, heads=heads, mode=args.mode, memory_every=args.memory_every,
+            baseline=args.baseline, tf32=tf32, cuda_graphs=graphs, seed=args.seed, levers=levers,
+            json_out=args.json_out,
+            profile_out=args.profile_out)
+
+
+def _default_levers(precision: str) -> tuple[str, ...]:
+    from ttt3r_ros.model.fast import default_levers
+
+    return default_levers(PRECISIONS[precision])
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def _parse_heads(text: str, reference: bool) -> tuple[str, ...]:
+    if reference:
+        return ALL_HEADS  # the reference always runs all three DPTs
+    if text == "node":
+        return NODE_HEADS
+    if text == "all":
+        return ALL_HEADS
+    heads = tuple(h.strip() for h in text.split(",") if h.strip())
+    unknown = [h for h in heads if h not in ALL_HEADS]
+    if not heads or unknown:
+        raise ValueError(f"--heads: expected a comma list of {','.join(ALL_HEADS)} (or node/all), got {text!r}")
+    if "self" not in heads:
+        raise ValueError("--heads must include 'self': depth, confidence and points come from the self head")
+    return heads
+
+
+# -------------------------------------------------------------------------------------------- model setup
+
+
+def build_bench_model(opts: BenchOptions, dtype: torch.dtype | None = None,
+                      head_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Build the model at the requested size and precision on the bench device, weights cast once (no autocast).
+
+    Random weights on CUDA are initialised on the GPU (the CPU init of 793 M parameters takes longer than the
+    benchmark); with --weights the model's own loader is used.
+    """
+    from ttt3r_ros.model import build_model, init_random_weights, load_model_config, set_precision
+
+    cfg = load_model_config(opts.model_config)
+    dtype = dtype or PRECISIONS[opts.precision]
+    head_dtype = head_dtype or (PRECISIONS[opts.head_precision] if opts.head_precision else dtype)
+    if opts.weights is None and opts.device.type == "cuda":
+        model = build_model(cfg, device="meta", dtype=torch.float32)
+        model.to_empty(device=opts.device)
+        init_random_weights(model, opts.seed)
+        set_precision(model, dtype, head_dtype)
+    else:
+        model = build_model(cfg, weights=opts.weights, device=str(opts.device), dtype=dtype, seed=opts.seed,
+                            head_dtype=head_dtype)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    apply_levers(model, opts.levers)
+    if opts.device.type == "cuda":
+        torch.cuda.synchronize(opts.device)
+        torch.cuda.empty_cache()  # the build's temporaries are not part of what streaming needs
+    return model
+
+
+def apply_levers(model: torch.nn.Module, levers: Sequence[str]) -> None:
+    """The model's own fast path (ttt3r_ros.model.fast), with the levers asked for."""
+    if not levers:
+        return
+    from ttt3r_ros.model.fast import enable_fast_path
+
+    enabled = enable_fast_path(model, levers, log=lambda text: print(text, file=sys.stderr))
+    missing = set(levers) - set(enabled)
+    if missing:
+        raise RuntimeError(f"fast-path levers {sorted(missing)} could not be enabled on this machine")
+
+
+@contextlib.contextmanager
+def tf32_mode(enabled: bool) -> Iterator[None]:
+    """Set both TF32 switches (matmul and cuDNN) for the block, restoring them after."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+class _ReferenceStyleFunctional:
+    """Stands in for ``torch.nn.functional`` inside the model's attention blocks during the reference baseline.
+
+    While ``explicit`` is set (only inside the two decoder stacks, as in the reference, whose encoder, pose memory
+    and final_transform use SDPA) attention is computed as the reference's ``return_attn`` path does: logits
+    materialised (q k^T * scale), softmax, matmul. Logits of the state decoder's cross-attention are kept
+    (``keep``) for the gate, as the reference concatenates them over layers and averages over heads and keys.
+    Everything else is forwarded to torch.nn.functional unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.explicit = False
+        self.keep = False
+        self.kept: list[torch.Tensor] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch.nn.functional, name)
+
+    def scaled_dot_product_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                     *args: Any, scale: float | None = None, **kwargs: Any) -> torch.Tensor:
+        if not self.explicit:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, *args, scale=scale, **kwargs)
+        if args or kwargs:
+            raise RuntimeError(f"reference-style attention: unsupported SDPA arguments {args} {kwargs}")
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        logits = (q @ k.transpose(-2, -1)) * scale
+        if self.keep:
+            self.kept.append(logits)
+        return logits.softmax(dim=-1) @ v
+
+    def gate_from_kept_logits(self) -> torch.Tensor | None:
+        """The reference's gate: mean over layers, heads and keys of the kept logits; clears them."""
+        if not self.kept:
+            return None
+        stacked = torch.cat(self.kept, dim=1)  # [B, L*H, S, K]
+        self.kept = []
+        return torch.sigmoid(stacked.mean(dim=(1, 3)))
+
+
+@contextlib.contextmanager
+def explicit_attention(model: torch.nn.Module, enabled: bool) -> Iterator[_ReferenceStyleFunctional]:
+    """Run the decoders' attention the way the reference does (see `_ReferenceStyleFunctional`)."""
+    from ttt3r_ros.model import blocks as model_blocks
+
+    shim = _ReferenceStyleFunctional()
+    if not enabled:
+        yield shim
+        return
+    handles = []
+
+    def _flag(attr: str, value: bool) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            setattr(shim, attr, value)
+        return hook
+
+    stacks = [getattr(model, "dec_blocks", None), getattr(model, "dec_blocks_state", None)]
+    if any(stack is None for stack in stacks):
+        raise RuntimeError("the model has no dec_blocks/dec_blocks_state: cannot run the reference-style baseline")
+    for stack in stacks:
+        for block in stack:
+            handles.append(block.register_forward_pre_hook(_flag("explicit", True)))
+            handles.append(block.register_forward_hook(_flag("explicit", False)))
+    for block in model.dec_blocks_state:
+        handles.append(block.cross_attn.register_forward_pre_hook(_flag("keep", True)))
+        handles.append(block.cross_attn.register_forward_hook(_flag("keep", False)))
+    original = model_blocks.F
+    model_blocks.F = shim
+    try:
+        yield shim
+    finally:
+        model_blocks.F = original
+        for handle in handles:
+            handle.remove()
+
+
+# ------------------------------------------------------------------------------------------ synthetic input
+
+
+def synthetic_frames(n_distinct: int, batch: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """uint8 frames [n_distinct, batch, H, W, 3]: a smooth random texture panned 8 px per frame plus noise.
+
+    Smooth texture (not white noise, never zeros) so the network sees image-like statistics; each stream of the
+    batch gets its own texture.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    pan_px = 8
+    coarse = torch.rand(batch, 3, max(2, height // 16), max(2, (width + pan_px * n_distinct) // 16), generator=gen)
+    texture = torch.nn.functional.interpolate(coarse, size=(height, width + pan_px * n_distinct),
+                                              mode="bicubic", align_corners=False)
+    frames = []
+    for i in range(n_distinct):
+        window = texture[..., i * pan_px: i * pan_px + width]
+        noisy = window + 0.03 * torch.randn(window.shape, generator=gen)
+        frames.append((noisy.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
+    return torch.stack(frames).contiguous()
+
+
+def normalise_uint8(frames_bhwc: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [B,H,W,3] RGB -> [B,3,H,W] in [-1, 1], as the reference's (x/255 - 0.5)/0.5, on the tensor's device."""
+    x = frames_bhwc.permute(0, 3, 1, 2).to(torch.float32)
+    return (x / 255.0 - 0.5).div_(0.5).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------ host outputs
+
+
+def node_outputs(out: Any, frames_bhwc_uint8: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Device tensors for what the node publishes, computed where the network ran.
+
+    pose [B,4,4] camera-to-world; depth [B,H,W] (z of the self-view points); confidence [B,H,W]; points [B,H,W,3]
+    in the chunk's world frame (c2w applied to the self-view points); colours [B,H,W,3] uint8 from the input frame.
+    """
+    pts = out.pts3d_in_self_view.float()
+    c2w = out.c2w.float()
+    rot = c2w[:, :3, :3]
+    trans = c2w[:, :3, 3]
+    points_world = torch.einsum("bij,bhwj->bhwi", rot, pts) + trans[:, None, None, :]
+    return {
+        "pose": c2w,
+        "depth": pts[..., 2],
+        "confidence": out.conf_self.float(),
+        "points": points_world,
+        "colours": frames_bhwc_uint8,
+    }
+
+
+class HostCopier:
+    """Pinned host buffers filled by asynchronous copies on a side stream; one event marks them complete."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.done = torch.cuda.Event() if device.type == "cuda" else None
+
+    def copy(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.stream is None:  # CPU: the outputs already are host memory
+            return {k: v.clone() for k, v in tensors.items()}
+        producer = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(producer)
+        with torch.cuda.stream(self.stream):
+            for name, value in tensors.items():
+                buf = self.buffers.get(name)
+                if buf is None or buf.shape != value.shape or buf.dtype != value.dtype:
+                    buf = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+                    self.buffers[name] = buf
+                # No record_stream needed: every caller waits for `done` before the producer stream runs again,
+                # so the source memory cannot be reused while the copy reads it.
+                buf.copy_(value, non_blocking=True)
+            self.done.record(self.stream)
+        return self.buffers
+
+    def wait(self) -> None:
+        if self.done is not None:
+            self.done.synchronize()
+
+
+# ------------------------------------------------------------------------------------------------ steppers
+
+
+class Stepper:
+    """One streaming step of B frames: uint8 host frames in, host outputs out. Subclasses choose the execution."""
+
+    def __init__(self, model: torch.nn.Module, opts: BenchOptions, dtype: torch.dtype) -> None:
+        self.model = model
+        self.opts = opts
+        self.dtype = dtype
+        self.device = opts.device
+        self.state = model.initial_state(batch_size=opts.batch)
+
+    def __call__(self, frames_bhwc_uint8_host: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class ReferenceStepper(Stepper):
+    """Like the reference: host-normalised float frames, explicit attention, all heads, sync copies of everything."""
+
+    def __call__(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        images = normalise_uint8(frames, torch.float32).to(self.device)
+        with explicit_attention(self.model, True) as shim:
+            out, self.state = self.model.step(images, self.state, update_rule=self.opts.update_rule,
+                                              heads=self.opts.heads)
+            gate = shim.gate_from_kept_logits()
+        if gate is None:
+            raise RuntimeError("reference-style baseline: no state cross-attention logits were materialised")
+        host: dict[str, torch.Tensor] = {"gate_from_logits": gate.cpu()}
+        for name in ("pts3d_in_self_view", "conf_self", "pts3d_in_other_view", "conf", "rgb", "camera_pose",
+                     "c2w", "gate", "update_rate"):
+            value = getattr(out, name, None)
+            if value is not None:
+                host[name] = value.cpu()  # synchronous, as the reference's per-view `.cpu()`
+        return host
+
+
+class EagerStepper(Stepper):
+    """Fast path without graphs: uint8 upload, GPU normalisation, model step, GPU post-processing, async copies."""
+
+    def __init__(self, model: torch.nn.Module, opts: BenchOptions, dtype: torch.dtype) -> None:
+        super().__init__(model, opts, dtype)
+        self.copier = HostCopier(self.device)
+        self.frames_dev: torch.Tensor | None = None
+
+    def _upload(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return frames
+        if self.frames_dev is None or self.frames_dev.shape != frames.shape:
+            self.frames_dev = torch.empty(frames.shape, dtype=torch.uint8, device=self.device)
+        self.frames_dev.copy_(frames, non_blocking=True)
+        return self.frames_dev
+
+    def compute(self, frames_dev: torch.Tensor) -> dict[str, torch.Tensor]:
+        images = normalise_uint8(frames_dev, self.dtype)
+        out, self.state = self.model.step(images, self.state, update_rule=self.opts.update_rule,
+                                          heads=self.opts.heads)
+        return node_outputs(out, frames_dev)
+
+    def __call__(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.compute(self._upload(frames))
+        host = self.copier.copy(outputs)
+        self.copier.wait()
+        return host
+
+
+class GraphStepper(EagerStepper):
+    """The model's GraphedStep: normalisation, network, state update and node outputs replayed as one CUDA graph."""
+
+    def __init__(self, model: torch.nn.Module, opts: BenchOptions, dtype: torch.dtype) -> None:
+        super().__init__(model, opts, dtype)
+        from ttt3r_ros.model.fast import GraphedStep
+
+        self.runner = GraphedStep(model, opts.batch, opts.height, opts.width, update_rule=opts.update_rule,
+                                  heads=opts.heads, uint8_input=True, postprocess=node_outputs)
+
+    def __call__(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.runner.step(frames)
+        host = self.copier.copy(self.runner.extras)
+        self.copier.wait()
+        return host
+
+
+def make_stepper(model: torch.nn.Module, opts: BenchOptions, dtype: torch.dtype) -> Stepper:
+    if opts.baseline == "reference":
+        return ReferenceStepper(model, opts, dtype)
+    if opts.cuda_graphs:
+        return GraphStepper(model, opts, dtype)
+    return EagerStepper(model, opts, dtype)
+
+
+# --------------------------------------------------------------------------------------------------- modes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _memory_mib(device: torch.device) -> tuple[float | None, float | None, float | None]:
+    """(allocated now, peak allocated, peak reserved) in MiB; None on CPU."""
+    if device.type != "cuda":
+        return None, None, None
+    return (torch.cuda.memory_allocated(device) / _MIB, torch.cuda.max_memory_allocated(device) / _MIB,
+            torch.cuda.max_memory_reserved(device) / _MIB)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def _base_summary(opts: BenchOptions) -> dict[str, Any]:
+    device_name = torch.cuda.get_device_name(opts.device) if opts.device.type == "cuda" else "cpu"
+    return {
+        "mode": opts.mode,
+        "baseline": opts.baseline,
+        "precision": opts.precision,
+        "head_precision": opts.head_precision or opts.precision,
+        "resolution": f"{opts.width}x{opts.height}",
+        "batch": opts.batch,
+        "update_rule": opts.update_rule,
+        "heads": ",".join(opts.heads),
+        "cuda_graphs": opts.cuda_graphs,
+        "levers": ",".join(opts.levers),
+        "tf32": opts.tf32 if opts.device.type == "cuda" else None,
+        "model_config": opts.model_config,
+        "weights": opts.weights or "random",
+        "torch": torch.__version__,
+        "device": device_name,
+    }
+
+
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    torch.manual_seed(opts.seed)
+    with torch.inference_mode(), tf32_mode(opts.tf32 if opts.device.type == "cuda" else False):
+        if opts.mode == "drift":
+            return _run_drift(opts)
+        dtype = PRECISIONS[opts.precision]
+        model = build_bench_model(opts)
+        weights_mib = _memory_mib(opts.device)[0]
+        if opts.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(opts.device)
+        stepper = make_stepper(model, opts, dtype)
+        frames = synthetic_frames(16, opts.batch, opts.height, opts.width, opts.seed)
+        if opts.device.type == "cuda":
+            frames = frames.pin_memory()
+        summary = _base_summary(opts)
+        summary["weights_mib"] = None if weights_mib is None else round(weights_mib, 1)
+        if opts.mode == "speed":
+            extra = _run_speed(stepper, frames, opts)
+        elif opts.mode == "memory":
+            extra = _run_memory(stepper, frames, opts)
+        else:
+            extra = _run_profile(stepper, frames, opts)
+        summary.update(extra.pop("summary"))
+        return {"summary": summary, **extra}
+
+
+def _run_speed(stepper: Stepper, frames: torch.Tensor, opts: BenchOptions) -> dict[str, Any]:
+    n_distinct = frames.shape[0]
+    for i in range(opts.warmup):
+        stepper(frames[i % n_distinct])
+    _sync(opts.device)
+    step_ms: list[float] = []
+    start = time.perf_counter()
+    for i in range(opts.frames):
+        t0 = time.perf_counter()
+        host = stepper(frames[(opts.warmup + i) % n_distinct])
+        step_ms.append((time.perf_counter() - t0) * 1e3)
+    total_s = time.perf_counter() - start
+    _check_finite(host)
+    _, peak_alloc, peak_reserved = _memory_mib(opts.device)
+    fps = opts.frames / total_s
+    return {"summary": {
+        "frames": opts.frames,
+        "fps": round(fps, 2),
+        "images_per_s": round(fps * opts.batch, 2),
+        "step_ms_p50": round(_percentile(step_ms, 50), 3),
+        "step_ms_p95": round(_percentile(step_ms, 95), 3),
+        "step_ms_max": round(max(step_ms), 3),
+        "step_ms_mean": round(1e3 * total_s / opts.frames, 3),
+        "peak_allocated_mib": None if peak_alloc is None else round(peak_alloc, 1),
+        "peak_reserved_mib": None if peak_reserved is None else round(peak_reserved, 1),
+    }, "step_ms": step_ms}
+
+
+def _run_memory(stepper: Stepper, frames: torch.Tensor, opts: BenchOptions) -> dict[str, Any]:
+    n_distinct = frames.shape[0]
+    samples: list[dict[str, float]] = []
+    start = time.perf_counter()
+    for i in range(opts.frames):
+        host = stepper(frames[i % n_distinct])
+        if (i + 1) % opts.memory_every == 0 or i == 0:
+            alloc, peak, reserved = _memory_mib(opts.device)
+            rss = _rss_mib()
+            samples.append({"frame": i + 1, "allocated_mib": alloc, "peak_allocated_mib": peak,
+                            "peak_reserved_mib": reserved, "host_rss_mib": rss})
+    total_s = time.perf_counter() - start
+    _check_finite(host)
+    gpu = opts.device.type == "cuda"
+    # growth after the first sampling interval (the first frames may still allocate lazily created buffers)
+    base = samples[1] if len(samples) > 1 else samples[0]
+    last = samples[-1]
+    summary = {
+        "frames": opts.frames,
+        "fps": round(opts.frames / total_s, 2),
+        "memory_every": opts.memory_every,
+        "allocated_first_mib": _r(samples[0]["allocated_mib"]),
+        "allocated_last_mib": _r(last["allocated_mib"]),
+        "allocated_growth_mib": _r(last["allocated_mib"] - base["allocated_mib"]) if gpu else None,
+        "peak_allocated_mib": _r(last["peak_allocated_mib"]),
+        "peak_reserved_mib": _r(last["peak_reserved_mib"]),
+        "peak_growth_mib": _r(last["peak_allocated_mib"] - base["peak_allocated_mib"]) if gpu else None,
+        "host_rss_growth_mib": _r(last["host_rss_mib"] - base["host_rss_mib"]),
+    }
+    return {"summary": summary, "samples": samples}
+
+
+def _run_profile(stepper: Stepper, frames: torch.Tensor, opts: BenchOptions) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity, profile
+
+    n_distinct = frames.shape[0]
+    for i in range(max(opts.warmup, 2)):
+        stepper(frames[i % n_distinct])
+    _sync(opts.device)
+    n_steps = 3
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if opts.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for i in range(n_steps):
+            stepper(frames[i % n_distinct])
+        _sync(opts.device)
+        wall_ms = (time.perf_counter() - t0) * 1e3 / n_steps
+    kernels = _kernel_table(prof)
+    launches = sum(k["count"] for k in kernels) / n_steps
+    busy_ms = sum(k["total_us"] for k in kernels) / 1e3 / n_steps
+    top = sorted(kernels, key=lambda k: -k["total_us"])
+    if opts.profile_out:
+        table = prof.key_averages().table(sort_by="cuda_time_total" if opts.device.type == "cuda"
+                                          else "cpu_time_total", row_limit=80)
+        _write_text_atomic(Path(opts.profile_out), table)
+    summary = {
+        "profiled_steps": n_steps,
+        "wall_ms_per_step": round(wall_ms, 3),
+        "gpu_kernel_ms_per_step": round(busy_ms, 3),
+        "kernel_launches_per_step": round(launches, 1),
+        "top_kernels": [{"name": k["name"][:90], "ms_per_step": round(k["total_us"] / 1e3 / n_steps, 3),
+                         "calls_per_step": round(k["count"] / n_steps, 1)} for k in top[:12]],
+    }
+    return {"summary": summary, "kernels": top}
+
+
+def _kernel_table(prof: Any) -> list[dict[str, Any]]:
+    """Device kernels (and memcpy/memset) aggregated by name from the profiler's raw events."""
+    agg: dict[str, dict[str, Any]] = {}
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        duration_us = getattr(event, "device_time", None)
+        if duration_us is None:
+            duration_us = event.cuda_time
+        entry = agg.setdefault(event.name, {"name": event.name, "count": 0, "total_us": 0.0})
+        entry["count"] += 1
+        entry["total_us"] += float(duration_us)
+    return list(agg.values())
+
+
+def _run_drift(opts: BenchOptions) -> dict[str, Any]:
+    """Reduced precision against float32 (TF32 off) on the same frames, each model streaming its own state."""
+    from ttt3r_ros.model import set_precision
+
+    low_dtype = PRECISIONS[opts.precision]
+    fp32_opts = copy.copy(opts)
+    fp32_opts.cuda_graphs = False
+    fp32_opts.levers = ()
+    model32 = build_bench_model(fp32_opts, dtype=torch.float32, head_dtype=torch.float32)
+    # the same weights, cast once to the reduced precision
+    model_low = copy.deepcopy(model32)
+    set_precision(model_low, low_dtype, PRECISIONS[opts.head_precision] if opts.head_precision else low_dtype)
+    apply_levers(model_low, opts.levers)
+    frames = synthetic_frames(16, opts.batch, opts.height, opts.width, opts.seed)
+    with tf32_mode(False):
+        ref_stepper = EagerStepper(model32, fp32_opts, torch.float32)
+        low_stepper = make_stepper(model_low, opts, low_dtype)
+        per_frame: list[dict[str, float]] = []
+        for i in range(opts.frames):
+            f = frames[i % frames.shape[0]]
+            ref = {k: v.clone() for k, v in ref_stepper(f).items()}
+            low = low_stepper(f)
+            per_frame.append(_drift_metrics(ref, low))
+    keys = per_frame[0].keys()
+    summary: dict[str, Any] = _base_summary(opts)
+    summary.update({"frames": opts.frames, "compared_with": "fp32 (TF32 off, eager), same weights and frames"})
+    for key in keys:
+        values = [p[key] for p in per_frame]
+        summary[f"{key}_mean"] = _sig(float(np.mean(values)))
+        summary[f"{key}_max"] = _sig(float(np.max(values)))
+        summary[f"{key}_last"] = _sig(values[-1])
+    return {"summary": summary, "per_frame": per_frame}
+
+
+def _drift_metrics(ref: dict[str, torch.Tensor], low: dict[str, torch.Tensor]) -> dict[str, float]:
+    pose_ref, pose_low = ref["pose"].double(), low["pose"].double()
+    t_ref, t_low = pose_ref[:, :3, 3], pose_low[:, :3, 3]
+    trans_err = (t_low - t_ref).norm(dim=-1)
+    trans_rel = trans_err / t_ref.norm(dim=-1).clamp_min(1e-6)
+    r_delta = pose_ref[:, :3, :3].transpose(1, 2) @ pose_low[:, :3, :3]
+    cos = ((r_delta.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)
+    rot_deg = torch.rad2deg(torch.acos(cos))
+    d_ref, d_low = ref["depth"].double(), low["depth"].double()
+    depth_rel = ((d_low - d_ref).abs() / d_ref.abs().clamp_min(1e-6)).flatten(1)
+    c_ref, c_low = ref["confidence"].double(), low["confidence"].double()
+    conf_rel = ((c_low - c_ref).abs() / c_ref.abs().clamp_min(1e-6)).flatten(1)
+    return {
+        "translation_abs": float(trans_err.max()),
+        "translation_rel": float(trans_rel.max()),
+        "rotation_deg": float(rot_deg.max()),
+        "depth_rel_median": float(depth_rel.median(dim=1).values.max()),
+        "depth_rel_p95": float(torch.quantile(depth_rel.float(), 0.95, dim=1).max()),
+        "conf_rel_median": float(conf_rel.median(dim=1).values.max()),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _check_finite(host: dict[str, torch.Tensor]) -> None:
+    for name, value in host.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise RuntimeError(f"bench: output {name!r} has non-finite values")
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / _MIB
+    except OSError:
+        return float("nan")
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(value, 1)
+
+
+def _sig(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    _write_text_atomic(path, json.dumps(data, indent=1, default=str))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ttt3r-ros bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The fast path on CUDA: levers that keep `TTT3RModel.step`'s function and cut its time (measured: docs/speed_notes.md).
+
+    model = build_model(cfg, weights, device="cuda", dtype=torch.bfloat16, head_dtype=torch.bfloat16)
+    enable_fast_path(model)                          # bf16/fp16: compiled blocks and heads, channels-last heads,
+                                                     # concurrent decoders; float32: concurrent decoders only
+    runner = GraphedStep(model, batch_size=1, height=384, width=512, heads=("self",))
+    out = runner.step(images)                        # one CUDA-graph replay per frame; runner.state advances
+
+Why each lever (H100, 512x384, batch 1, bf16; numbers in docs/speed_notes.md):
+* CUDA graph of the whole step: the eager step launches ~2,400 kernels from Python, which takes longer than the
+  GPU needs to run them; one replay launches them all at once.
+* Compiled transformer blocks (torch.compile, inductor): RoPE alone is 6-9 small elementwise kernels per q or k,
+  plus LayerNorms, residual adds, GELU and casts; fused, they stop dominating the step. `emulate_precision_casts`
+  keeps the encoder's float16 rounding of q/k around RoPE (SPEC §3.2.1) where eager has it. Not a float32 default:
+  the fused float32 arithmetic differs enough upstream of that rounding to miss parity by up to 1.7x.
+* Compiled DPT heads: fuses the ReLUs, residual adds and the bilinear upsampling around cuDNN's convolutions.
+* Channels-last DPT convolutions: the token maps already are channels-last views; NCHW weights made cuDNN
+  transpose them.
+* Concurrent decoders: each layer's state and image blocks are independent (SPEC §4); on a side stream the state
+  block fills SMs the image block leaves idle.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Collection, Optional
+
+import torch
+
+from .network import TTT3RModel
+from .state import RecurrentState, StepOutput
+
+__all__ = ["FAST_LEVERS", "PARITY_SAFE_LEVERS", "FLOAT32_LEVERS", "default_levers", "enable_fast_path",
+           "GraphedStep", "normalise_uint8_hwc", "compile_available"]
+
+FAST_LEVERS: tuple[str, ...] = ("compile", "compile_heads", "channels_last", "concurrent_decoders")
+# Levers that leave float32 results within the parity tolerances (H100, parity vectors, TF32 off, with the CUDA
+# graph). Compiling the float32 blocks reorders the encoder's float32 arithmetic ahead of its float16 q/k
+# rounding: the flips it causes reached 1.1-1.7x the tolerances on the point maps, so float32 stays uncompiled.
+PARITY_SAFE_LEVERS: tuple[str, ...] = ("channels_last", "concurrent_decoders")
+# float32 defaults: of the parity-safe levers, those that measurably help in float32 (channels-last was neutral:
+# 47.97 vs 47.68 ms per step, cuDNN's float32 kernels prefer NCHW).
+FLOAT32_LEVERS: tuple[str, ...] = ("concurrent_decoders",)
+
+
+def default_levers(dtype: torch.dtype) -> tuple[str, ...]:
+    """All levers for bf16/fp16; for float32 (the parity path) only parity-safe ones that help."""
+    return FLOAT32_LEVERS if dtype == torch.float32 else FAST_LEVERS
+
+
+def compile_available() -> bool:
+    """torch.compile's GPU backend needs Triton; without it the compile lever is skipped (with a log line)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def enable_fast_path(model: TTT3RModel, levers: Optional[Collection[str]] = None,
+                     log: Callable[[str], None] = print) -> tuple[str, ...]:
+    """Switch the given levers (default: `default_levers(model.dtype)`) on for this model instance; returns the
+    levers actually enabled.
+
+    Only for CUDA models (the levers are CUDA-specific; the CPU path stays eager and unchanged). The env var
+    TTT3R_FAST_LEVERS (comma list, or "none") overrides `levers`, e.g. to rule one out on a new device.
+    """
+    if model.device.type != "cuda":
+        raise ValueError(f"enable_fast_path is for CUDA models; this one is on {model.device}")
+    if levers is None:
+        levers = default_levers(model.dtype)
+    override = os.environ.get("TTT3R_FAST_LEVERS")
+    if override is not None:
+        levers = () if override.strip() in ("", "none") else tuple(x.strip() for x in override.split(","))
+    unknown = set(levers) - set(FAST_LEVERS)
+    if unknown:
+        raise ValueError(f"unknown fast-path levers {sorted(unknown)}; known: {list(FAST_LEVERS)}")
+    enabled: list[str] = []
+    if "channels_last" in levers:
+        model.downstream_head.to(memory_format=torch.channels_last)
+        enabled.append("channels_last")
+    if "concurrent_decoders" in levers:
+        model.decoder_side_stream = torch.cuda.Stream(model.device)
+        enabled.append("concurrent_decoders")
+    for lever, compile_fn in (("compile", _compile_blocks), ("compile_heads", _compile_heads)):
+        if lever not in levers:
+            continue
+        if compile_available():
+            compile_fn(model)
+            enabled.append(lever)
+        else:
+            log(f"ttt3r fast path: Triton is not installed, '{lever}' skipped (eager, slower)")
+    return tuple(enabled)
+
+
+def _compile_heads(model: TTT3RModel) -> None:
+    """The DPT adapters: fuses the ReLUs, residual adds and the bilinear x2 upsampling around cuDNN's convs."""
+    _configure_inductor()
+    head = model.downstream_head
+    for dpt in (head.dpt_self, head.dpt_cross, head.dpt_rgb):
+        dpt.forward = torch.compile(dpt.forward, dynamic=False)
+
+
+def _configure_inductor() -> None:
+    import torch._inductor.config as inductor_config
+
+    # Round where eager rounds (the encoder's float16 q/k recipe); without it inductor keeps fused
+    # intermediates in float32, which is the m7 mutation of the parity README.
+    inductor_config.emulate_precision_casts = True
+    # One compiled graph per block class and shape, shared by its instances (their parameters are inputs).
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+
+
+def _compile_blocks(model: TTT3RModel) -> None:
+    _configure_inductor()
+    blocks = [*model.enc_blocks, *model.dec_blocks, *model.dec_blocks_state,
+              *model.pose_retriever.read_blocks, *model.pose_retriever.write_blocks,
+              *model.downstream_head.final_transform]
+    for block in blocks:
+        block.forward = torch.compile(block.forward, dynamic=False)
+
+
+def normalise_uint8_hwc(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [B, H, W, 3] RGB -> [B, 3, H, W] in [-1, 1]: (x/255 - 0.5)/0.5 as the reference, in float32."""
+    x = frames.permute(0, 3, 1, 2).to(torch.float32)
+    return (x / 255.0 - 0.5).div_(0.5).to(dtype)
+
+
+PostProcess = Callable[[StepOutput, torch.Tensor], dict[str, torch.Tensor]]
+
+
+class GraphedStep:
+    """`model.step` for `batch_size` streams of `height` x `width` images, replayed as one CUDA graph.
+
+    A live stream runs the same shapes every frame, so one capture serves the whole run. The recurrent state lives
+    in static tensors that the captured step overwrites in place: successive `step` calls advance the streams
+    exactly like successive `model.step` calls (same kernels in the same order). The reset/update masks are
+    static inputs too, so one graph serves every combination of them.
+
+    images: float [B, 3, H, W] in [-1, 1] (uint8_input=False) or uint8 [B, H, W, 3] RGB (uint8_input=True; the
+    normalisation then runs inside the graph). `postprocess(out, images_as_given)` may add device tensors computed
+    inside the graph (e.g. world points); they are returned by `step` as `extras`. Every returned tensor is a
+    static buffer that the next call overwrites: copy what you keep.
+    """
+
+    def __init__(self, model: TTT3RModel, batch_size: int, height: int, width: int, update_rule: str = "ttt3r",
+                 heads: Collection[str] = ("self",), uint8_input: bool = False,
+                 postprocess: Optional[PostProcess] = None, warmup_steps: int = 3) -> None:
+        if model.device.type != "cuda":
+            raise ValueError(f"GraphedStep needs a CUDA model, got one on {model.device}")
+        self.model = model
+        self.update_rule = update_rule
+        self.heads = tuple(heads)
+        self.uint8_input = uint8_input
+        self.postprocess = postprocess
+        device = model.device
+        if uint8_input:
+            self.static_images = torch.zeros(batch_size, height, width, 3, dtype=torch.uint8, device=device)
+        else:
+            self.static_images = torch.zeros(batch_size, 3, height, width, dtype=model.dtype, device=device)
+        self.static_reset = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.static_update = torch.ones(batch_size, dtype=torch.bool, device=device)
+        with torch.inference_mode():
+            self._state = model.initial_state(batch_size)
+            self._initial = self._state.clone()
+            # Warm-up on a side stream (compilation, cuBLAS/cuDNN handles and algorithm choices, the cached RoPE
+            # tables and S0), then capture; the warm-up's state changes are undone before the first real frame.
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup_steps):
+                    self._body()
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._outputs, self._extras = self._body()
+            self.reset_state()
+            torch.cuda.synchronize(device)
+
+    def _body(self) -> tuple[StepOutput, dict[str, torch.Tensor]]:
+        images = (normalise_uint8_hwc(self.static_images, self.model.dtype) if self.uint8_input
+                  else self.static_images)
+        out, new_state = self.model.step(images, self._state, update_rule=self.update_rule,
+                                         reset=self.static_reset, update=self.static_update, heads=self.heads)
+        self._state.state.copy_(new_state.state)
+        self._state.mem.copy_(new_state.mem)
+        self._state.fresh.copy_(new_state.fresh)
+        extras = self.postprocess(out, self.static_images) if self.postprocess is not None else {}
+        return out, extras
+
+    def step(self, images: torch.Tensor, reset: Optional[torch.Tensor] = None,
+             update: Optional[torch.Tensor] = None) -> StepOutput:
+        """One view per stream. Host images should be pinned (asynchronous upload); GPU images are copied in."""
+        if images.shape != self.static_images.shape or images.dtype != self.static_images.dtype:
+            raise ValueError(f"GraphedStep was captured for images {tuple(self.static_images.shape)} "
+                             f"{self.static_images.dtype}, got {tuple(images.shape)} {images.dtype}")
+        self.static_images.copy_(images, non_blocking=True)
+        if reset is None:
+            self.static_reset.zero_()
+        else:
+            self.static_reset.copy_(reset, non_blocking=True)
+        if update is None:
+            self.static_update.fill_(True)
+        else:
+            self.static_update.copy_(update, non_blocking=True)
+        self.graph.replay()
+        return self._outputs
+
+    @property
+    def extras(self) -> dict[str, torch.Tensor]:
+        """The postprocess outputs of the last step (static buffers)."""
+        return self._extras
+
+    @property
+    def state(self) -> RecurrentState:
+        """The live state (static tensors: clone to keep a snapshot)."""
+        return self._state
+
+    def load_state(self, state: RecurrentState) -> None:
+        self._state.state.copy_(state.state)
+        self._state.mem.copy_(state.mem)
+        self._state.fresh.copy_(state.fresh)
+
+    def reset_state(self) -> None:
+        """Every stream back to the initial state (its next view is fresh)."""
+        self.load_state(self._initial)
