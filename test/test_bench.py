@@ -245,3 +245,39 @@ def test_graphed_step_follows_eager_steps_through_reset_and_update_masks() -> No
                                            msg=f"frame {i} {name}")
             torch.testing.assert_close(runner.state.state, state.state, rtol=1e-5, atol=1e-5)
             assert torch.equal(runner.state.fresh, state.fresh)
+
+
+def test_engine_mode_times_the_streaming_reconstructor_on_host_frames(capsys: pytest.CaptureFixture[str]) -> None:
+    """--engine: StreamingReconstructor.step on host uint8 frames of the camera's size (resized to the model's),
+    map off, host depth/confidence/colour/pose each frame; on CPU the engine says it runs eagerly."""
+    result = _run_cli(capsys, "--engine", "--input-width", "80", "--input-height", "60", "--frames", "3",
+                      "--warmup", "1")
+    assert result["engine"] is True and result["input_resolution"] == "80x60"
+    assert result["resolution"] == "64x48"  # 80x60 resized to long side 64, cropped to multiples of 16
+    assert result["fast_path_active"] is False and result["fast_path_status"].startswith("eager")
+    assert result["cuda_graphs"] is False and result["fps"] > 0
+    assert set(result["breakdown"]) == {"step_ms_mean", "host_read_ms_mean", "preprocess_ms_mean", "model_ms_mean",
+                                        "post_ms_mean", "total_ms_mean"}
+
+
+def test_engine_mode_rejects_batches_and_the_reference_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    for extra in (["--batch", "2"], ["--baseline", "reference"], ["--mode", "drift", "--precision", "bf16"]):
+        rc = cli.main(["bench", "--model-config", "unused", "--device", "cpu", "--engine", *extra])
+        assert rc == 2 and "--engine" in capsys.readouterr().err, extra
+
+
+@pytest.mark.gpu
+def test_engine_mode_runs_the_cuda_graph_fast_path(capsys: pytest.CaptureFixture[str]) -> None:
+    """On a GPU, --engine with default options runs the CUDA-graph path (fp32 tiny model, 640x480 host frames)."""
+    if not torch.cuda.is_available():
+        reason = "no CUDA device: the engine's fast path in bench --engine is not run here"
+        print(reason)
+        pytest.skip(reason)
+    rc = cli.main(["bench", "--model-config", _tiny_config(), "--engine", "--precision", "fp32", "--height", "384",
+                   "--width", "512", "--input-width", "640", "--input-height", "480", "--frames", "5",
+                   "--warmup", "3"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result["fast_path_active"] is True and result["resolution"] == "512x384", result
+    assert "cuda-graph" in result["fast_path_status"] and result["levers"] == "concurrent_decoders"

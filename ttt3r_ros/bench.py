@@ -20,6 +20,12 @@ Execution paths (``--baseline``):
   reference  mimics how the reference implementation executes (float32 with TF32 on, explicit attention with the
              logits materialised for the gate, all three heads, float frames normalised on the host, synchronous
              per-frame host copies of every output, no graphs), so speed-ups are measured in the same run and card.
+
+``--engine``: what the ROS node and ``ttt3r-ros map`` really get. Each step is one
+``StreamingReconstructor.step`` on a host uint8 numpy frame of ``--input-width`` x ``--input-height`` (default:
+the model size; 640x480 is resized and cropped to 512x384), map off, then depth, confidence, colour and pose read
+on the host. ``--cuda-graphs auto`` = the engine's default (fast path on CUDA); ``off`` = ``fast_path=False``
+(``model.step`` eagerly, no levers: the engine before the fast path).
 """
 from __future__ import annotations
 
@@ -84,6 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random-weight seed and synthetic-frame seed")
     parser.add_argument("--json-out", default=None, help="also write the JSON result (and samples) to this file")
     parser.add_argument("--profile-out", default=None, help="profile mode: write the full kernel table here")
+    parser.add_argument("--engine", action="store_true",
+                        help="time StreamingReconstructor.step on host uint8 numpy frames (what the node gets)")
+    parser.add_argument("--engine-sync-timings", action="store_true",
+                        help="--engine: synchronise around the engine's phases so the breakdown is device time")
+    parser.add_argument("--input-width", type=int, default=None, help="--engine: input frame width (default --width)")
+    parser.add_argument("--input-height", type=int, default=None,
+                        help="--engine: input frame height (default --height)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,6 +139,10 @@ class BenchOptions:
     levers: tuple[str, ...] = ()
     json_out: str | None = None
     profile_out: str | None = None
+    engine: bool = False
+    input_height: int = 0
+    input_width: int = 0
+    engine_sync_timings: bool = False
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> "BenchOptions":
@@ -176,13 +193,27 @@ class BenchOptions:
             raise ValueError("--levers apply to the fast path, not to --baseline reference")
         if levers and device.type != "cuda":
             raise ValueError("--levers are CUDA fast-path levers; the CPU path runs eager (use --levers none)")
+        engine = bool(getattr(args, "engine", False))
+        input_h = getattr(args, "input_height", None) or args.height
+        input_w = getattr(args, "input_width", None) or args.width
+        if engine:
+            if reference or args.mode == "drift" or args.batch != 1:
+                raise ValueError("--engine times the node's single-stream engine: batch 1, modes speed/memory/"
+                                 "profile, no --baseline")
+            if input_h <= 0 or input_w <= 0:
+                raise ValueError("--input-width/--input-height must be positive")
+            if args.levers == "auto":
+                # the engine enables the model's default levers itself when its fast path is on
+                levers = ()
+        engine_fields = dict(engine=engine, input_height=input_h, input_width=input_w,
+                             engine_sync_timings=bool(getattr(args, "engine_sync_timings", False)))
         return BenchOptions(
             model_config=args.model_config, weights=args.weights, device=device, height=args.height,
             width=args.width, precision=precision, head_precision=head_precision, batch=args.batch, update_rule=args.update_rule,
             frames=args.frames, warmup=args.warmup, heads=heads, mode=args.mode, memory_every=args.memory_every,
             baseline=args.baseline, tf32=tf32, cuda_graphs=graphs, seed=args.seed, levers=levers,
             json_out=args.json_out,
-            profile_out=args.profile_out)
+            profile_out=args.profile_out, **engine_fields)
 
 
 def _default_levers(precision: str) -> tuple[str, ...]:
@@ -513,7 +544,49 @@ class GraphStepper(EagerStepper):
         return host
 
 
+class EngineStepper(Stepper):
+    """The node's path: StreamingReconstructor.step on a host uint8 numpy frame, map off; depth, confidence,
+    colour and pose read on the host every frame (synchronous copies, as the node's publishers read them)."""
+
+    def __init__(self, model: torch.nn.Module, opts: BenchOptions, dtype: torch.dtype) -> None:
+        super().__init__(model, opts, dtype)
+        from ttt3r_ros.engine import StreamingReconstructor
+
+        # --cuda-graphs off on CUDA: the eager engine (fast_path=False); on a CPU the engine is eager anyway
+        fast_path = None if (opts.cuda_graphs or opts.device.type != "cuda") else False
+        self.engine = StreamingReconstructor(model, update_rule=opts.update_rule, size=max(opts.height, opts.width),
+                                             build_map=False, fast_path=fast_path,
+                                             sync_timings=opts.engine_sync_timings)
+        self.t_s = 0.0
+        self.model_size: tuple[int, int] | None = None
+        # per step: engine.step wall ms, host-read ms, and the engine's own phase timings (timings_ms)
+        self.samples: list[dict[str, float]] = []
+
+    def __call__(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        frame = frames[0].numpy()  # [H, W, 3] uint8, pageable host memory like a decoded ROS image
+        self.t_s += 1.0 / 30.0
+        t0 = time.perf_counter()
+        res = self.engine.step(frame, self.t_s)
+        t1 = time.perf_counter()
+        host = {"pose": torch.from_numpy(res.camera_to_world), "depth": torch.from_numpy(res.depth),
+                "confidence": torch.from_numpy(res.confidence), "colour": torch.from_numpy(res.colour)}
+        t2 = time.perf_counter()
+        self.model_size = res.model_size
+        self.samples.append({"step": (t1 - t0) * 1e3, "host_read": (t2 - t1) * 1e3,
+                             **{k: float(v) for k, v in res.timings_ms.items()}})
+        return host
+
+    def breakdown(self, last_n: int) -> dict[str, float]:
+        """Mean ms per frame over the last `last_n` steps: engine.step, host reads, and the engine's phases
+        (device times only with --engine-sync-timings; otherwise host enqueue times, the GPU wait landing in
+        'post' where the pose is copied)."""
+        rows = self.samples[-last_n:]
+        return {f"{k}_ms_mean": round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0]} if rows else {}
+
+
 def make_stepper(model: torch.nn.Module, opts: BenchOptions, dtype: torch.dtype) -> Stepper:
+    if opts.engine:
+        return EngineStepper(model, opts, dtype)
     if opts.baseline == "reference":
         return ReferenceStepper(model, opts, dtype)
     if opts.cuda_graphs:
@@ -573,8 +646,11 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         if opts.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(opts.device)
         stepper = make_stepper(model, opts, dtype)
-        frames = synthetic_frames(16, opts.batch, opts.height, opts.width, opts.seed)
-        if opts.device.type == "cuda":
+        if opts.engine:  # host frames at the camera's size, pageable (as the node receives them)
+            frames = synthetic_frames(16, 1, opts.input_height, opts.input_width, opts.seed)
+        else:
+            frames = synthetic_frames(16, opts.batch, opts.height, opts.width, opts.seed)
+        if opts.device.type == "cuda" and not opts.engine:
             frames = frames.pin_memory()
         summary = _base_summary(opts)
         summary["weights_mib"] = None if weights_mib is None else round(weights_mib, 1)
@@ -585,6 +661,18 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         else:
             extra = _run_profile(stepper, frames, opts)
         summary.update(extra.pop("summary"))
+        if isinstance(stepper, EngineStepper):
+            engine = stepper.engine
+            h, w = stepper.model_size or (opts.height, opts.width)
+            from ttt3r_ros.model.fast import fast_path_levers
+
+            summary.update({"engine": True, "input_resolution": f"{opts.input_width}x{opts.input_height}",
+                            "resolution": f"{w}x{h}", "fast_path_active": engine.fast_path_active,
+                            "fast_path_status": engine.fast_path_status,
+                            "levers": ",".join(fast_path_levers(model) or ()),
+                            "cuda_graphs": engine.fast_path_active,
+                            "engine_sync_timings": opts.engine_sync_timings,
+                            "breakdown": stepper.breakdown(opts.frames)})
         return {"summary": summary, **extra}
 
 

@@ -19,6 +19,16 @@ chunk at its overlap frame), so there is no jump other than the motion between t
 ``reset(restart_odometry=True)`` starts over instead: trajectory, map and frame counter are cleared and the next
 frame is the identity.
 
+Fast path (CUDA): by default (``fast_path=None``: on for a CUDA model) the model runs through
+``ttt3r_ros.model.fast``: ``enable_fast_path`` once per model (compiled blocks/heads for bf16/fp16, concurrent
+decoders) and one ``GraphedStep`` (a CUDA graph of the whole step, self head only) per (batch size, model H, W),
+captured at the first frame of that shape (that frame pays warm-up, compilation and capture; logged once). The
+streams' states are loaded into the runner only when it does not already hold exactly their latest state (the
+single-stream case never copies), reset/update flags go through the runner's masks, and the outputs a FrameResult
+keeps (self points, confidence, update rate, pose) are cloned on the device, because the next replay overwrites
+the runner's buffers. If a capture fails the engine warns once and runs that shape eagerly
+(``fast_path_active``/``fast_path_status`` say which path ran). On a CPU nothing changes: ``model.step`` eagerly.
+
 Synchronisation: ``step`` copies the [B,4,4] pose to the host once per call (chaining and the trajectory need it).
 Dense outputs stay on the model's device in the FrameResult until a property asks for them; each is copied once and
 cached. The map update (if enabled) reduces the frame's confident points to voxels on the device and copies only
@@ -26,7 +36,9 @@ those voxels.
 """
 from __future__ import annotations
 
+import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
@@ -39,6 +51,9 @@ from .preprocess import Preprocessed, preprocess, validate_image
 from .voxel_map import VoxelMap
 
 UPDATE_RULE_NAMES = ("ttt3r", "cut3r")
+_log = logging.getLogger("ttt3r_ros.engine")
+# CUDA-graph runners kept per engine (one per batch size x model size); each holds its own graph memory pool.
+MAX_GRAPH_RUNNERS = 4
 
 
 @dataclass
@@ -60,6 +75,8 @@ class EngineConfig:
     k > 1 is an explicit opt-in approximation on every k-th pixel of every k-th row (~k*k less work; at 512x384
     k=2 moved the synthetic box room's focal by ~1e-5 relative). Only used when no calibration is given, and only
     computed when ``intrinsics_model``/``intrinsics_input`` is read.
+    fast_path: None (default) = on for a CUDA model, off on CPU; True = required (an error on a CPU model);
+    False = ``model.step`` eagerly (the pre-fast-path engine; also what fp32 parity checks compare against).
     """
     update_rule: str = "ttt3r"
     reset_interval: int | None = None
@@ -74,6 +91,7 @@ class EngineConfig:
     preprocess_on_device: bool | None = None
     sync_timings: bool = False
     focal_pixel_stride: int = 1
+    fast_path: bool | None = None
 
     def validated(self) -> "EngineConfig":
         if self.update_rule not in UPDATE_RULE_NAMES:
@@ -93,6 +111,8 @@ class EngineConfig:
             raise ValueError(f"map_pixel_stride must be an integer >= 1, got {self.map_pixel_stride!r}")
         if not (isinstance(self.focal_pixel_stride, int) and self.focal_pixel_stride >= 1):
             raise ValueError(f"focal_pixel_stride must be an integer >= 1, got {self.focal_pixel_stride!r}")
+        if self.fast_path not in (None, True, False):
+            raise ValueError(f"fast_path must be None (auto), True or False, got {self.fast_path!r}")
         if self.preprocess_precision not in ("exact", "fast"):
             raise ValueError(f"preprocess_precision must be 'exact' or 'fast', got {self.preprocess_precision!r}")
         t = geometry.T_BODY_FROM_OPTICAL if self.camera_to_base is None else np.asarray(self.camera_to_base, float)
@@ -319,7 +339,8 @@ class _Stream:
     """Per-stream bookkeeping: recurrent state, pose chaining, trajectory, map."""
 
     def __init__(self, state: Any, cfg: EngineConfig) -> None:
-        self.state = state
+        self.state = state  # None while a graph runner holds the latest state (see ``held_by``)
+        self.held_by: tuple[tuple[int, int, int], int] | None = None  # (runner key, slot)
         self.index = 0
         self.chunk = 0
         self.base = np.eye(4)
@@ -329,6 +350,15 @@ class _Stream:
         self.trajectory = Trajectory()
         self.trajectory_model = Trajectory()
         self.voxel_map = VoxelMap(cfg.voxel_size, cfg.map_max_points)
+
+
+@dataclass
+class _KeptOutputs:
+    """The StepOutput fields the engine reads after a graph replay, copied out of the runner's static buffers."""
+    pts3d_in_self_view: torch.Tensor
+    conf_self: torch.Tensor
+    update_rate: torch.Tensor
+    c2w: torch.Tensor
 
 
 class BatchedReconstructor:
@@ -346,9 +376,116 @@ class BatchedReconstructor:
         self.num_streams = num_streams
         self.invalid_frames = 0
         self._streams = [self._new_stream() for _ in range(num_streams)]
+        # fast path: runner key (batch, H, W) -> GraphedStep, LRU order; which streams each runner's slots hold
+        self._runners: OrderedDict[tuple[int, int, int], Any] = OrderedDict()
+        self._runner_streams: dict[tuple[int, int, int], tuple[int, ...]] = {}
+        self._capture_failed: dict[tuple[int, int, int], str] = {}
+        self._last_step_graphed: bool | None = None
+        self._fast_path, self._fast_path_note = self._resolve_fast_path()
 
     def _new_stream(self) -> _Stream:
         return _Stream(self.model.initial_state(1), self.config)
+
+    # ------------------------------------------------------------------------------------------ fast path
+    def _resolve_fast_path(self) -> tuple[bool, str]:
+        wanted = self.config.fast_path
+        if wanted is None:
+            wanted = self.device.type == "cuda"
+            if not wanted:
+                return False, f"eager (model on {self.device.type}; the fast path is CUDA-only)"
+        if not wanted:
+            return False, "eager (fast_path=False)"
+        if self.device.type != "cuda":
+            raise ValueError(f"fast_path=True needs a model on CUDA (CUDA graphs); this one is on {self.device}")
+        try:
+            from ttt3r_ros.model.fast import enable_fast_path
+
+            levers = enable_fast_path(self.model, log=_log.warning)
+        except Exception as exc:  # not a TTT3RModel, or a lever that this machine cannot run
+            note = f"eager (fast path unavailable: {type(exc).__name__}: {exc})"
+            _log.warning("ttt3r engine: %s", note)
+            return False, note
+        dtype = str(getattr(self.model, "dtype", "")).replace("torch.", "")
+        return True, f"cuda-graph ({dtype}; levers: {','.join(levers) or 'none'})"
+
+    @property
+    def fast_path_enabled(self) -> bool:
+        """The CUDA fast path is on for this engine (it may still have fallen back for a shape: fast_path_active)."""
+        return self._fast_path
+
+    @property
+    def fast_path_active(self) -> bool:
+        """True when the last model step ran as a CUDA-graph replay (before any frame: whether it is expected to)."""
+        return self._fast_path if self._last_step_graphed is None else self._last_step_graphed
+
+    @property
+    def fast_path_status(self) -> str:
+        """One line for logs/status: which path runs, with the levers, and shapes that fell back to eager."""
+        note = self._fast_path_note
+        if self._capture_failed:
+            shapes = ", ".join(f"batch {b} {w}x{h}: {why}" for (b, h, w), why in self._capture_failed.items())
+            note += f"; eager for {shapes}"
+        return note
+
+    def _graph_runner(self, key: tuple[int, int, int]) -> Any:
+        """The GraphedStep for (batch, H, W), captured on first use; None where capture failed (eager then)."""
+        if key in self._capture_failed:
+            return None
+        runner = self._runners.get(key)
+        if runner is not None:
+            self._runners.move_to_end(key)
+            return runner
+        from ttt3r_ros.model.fast import GraphedStep
+
+        if len(self._runners) >= MAX_GRAPH_RUNNERS:
+            self._drop_runner(next(iter(self._runners)))
+        batch, h, w = key
+        t0 = time.perf_counter()
+        try:
+            runner = GraphedStep(self.model, batch, h, w, update_rule=self.config.update_rule, heads=("self",))
+        except Exception as exc:  # e.g. an op that cannot be captured: run this shape eagerly, say so once
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self._capture_failed[key] = why
+            _log.warning("ttt3r engine: CUDA-graph capture failed for batch %d at %dx%d (%s); this shape runs "
+                         "eagerly (slower)", batch, w, h, why)
+            return None
+        _log.info("ttt3r engine: captured the CUDA graph for batch %d at %dx%d in %.1f s (first frame of this "
+                  "shape; includes compilation)", batch, w, h, time.perf_counter() - t0)
+        self._runners[key] = runner
+        self._runner_streams[key] = ()
+        return runner
+
+    def _drop_runner(self, key: tuple[int, int, int]) -> None:
+        for j, s in enumerate(self._runner_streams.pop(key, ())):
+            if self._streams[s].held_by == (key, j):
+                self._state_of(s)
+        del self._runners[key]
+
+    def _state_of(self, s: int) -> Any:
+        """Stream s's latest state as its own tensors (copied out of the graph runner that holds it, if one does)."""
+        st = self._streams[s]
+        if st.held_by is not None:
+            key, slot = st.held_by
+            st.state = self._runners[key].state.select(slot).clone()
+            st.held_by = None
+        return st.state
+
+    def _load_runner(self, key: tuple[int, int, int], idx: list[int]) -> Any:
+        """Make the runner's static state hold the latest state of streams idx (slot j = idx[j]); no copy when it
+        already does."""
+        runner = self._runners[key]
+        if all(self._streams[s].held_by == (key, j) for j, s in enumerate(idx)):
+            return runner
+        for j, s in enumerate(self._runner_streams[key]):  # states that live only in this runner: save them first
+            if self._streams[s].held_by == (key, j):
+                self._state_of(s)
+        states = [self._state_of(s) for s in idx]
+        runner.load_state(states[0] if len(states) == 1 else type(states[0]).stack(states))
+        for j, s in enumerate(idx):
+            self._streams[s].state = None
+            self._streams[s].held_by = (key, j)
+        self._runner_streams[key] = tuple(idx)
+        return runner
 
     # ------------------------------------------------------------------------------------------ accessors
     def trajectory_of(self, stream: int = 0) -> Trajectory:
@@ -375,6 +512,7 @@ class BatchedReconstructor:
                 continue
             st = self._streams[s]
             st.state = self.model.initial_state(1)
+            st.held_by = None  # a runner's copy of this stream is stale now
             if st.last_chained is not None:
                 st.base = st.last_chained.copy()  # the new chunk starts where the last frame was
             st.starts_chunk = True
@@ -422,8 +560,14 @@ class BatchedReconstructor:
             torch.cuda.synchronize(self.device)
 
     def _run_model(self, images: torch.Tensor, idx: list[int], reset: list[bool] | None,
-                   update: list[bool] | None):
-        states = [self._streams[s].state for s in idx]
+                   update: list[bool] | None, keep_outputs: bool = True):
+        if self._fast_path:
+            key = (len(idx), int(images.shape[-2]), int(images.shape[-1]))
+            if self._graph_runner(key) is not None:
+                self._last_step_graphed = True
+                return self._run_graphed(key, images, idx, reset, update, keep_outputs)
+        self._last_step_graphed = False
+        states = [self._state_of(s) for s in idx]
         state = states[0] if len(states) == 1 else type(states[0]).stack(states)
         kw: dict[str, Any] = {}
         if reset is not None and any(reset):
@@ -434,6 +578,19 @@ class BatchedReconstructor:
         for j, s in enumerate(idx):
             self._streams[s].state = new_state if len(idx) == 1 else new_state.select(j)
         return out
+
+    def _run_graphed(self, key: tuple[int, int, int], images: torch.Tensor, idx: list[int],
+                     reset: list[bool] | None, update: list[bool] | None, keep_outputs: bool) -> Any:
+        runner = self._load_runner(key, idx)
+        # host masks: the runner copies them into its static mask buffers (None: zero_/fill_, no upload)
+        reset_mask = torch.tensor(reset, dtype=torch.bool) if reset is not None and any(reset) else None
+        update_mask = torch.tensor(update, dtype=torch.bool) if update is not None and not all(update) else None
+        out = runner.step(images, reset=reset_mask, update=update_mask)
+        if not keep_outputs:
+            return None
+        # the next replay overwrites the runner's outputs: clone (on the device) what FrameResult keeps
+        return _KeptOutputs(out.pts3d_in_self_view.clone(), out.conf_self.clone(), out.update_rate.clone(),
+                            out.c2w.clone())
 
     def step_batch(self, images: Sequence[Any], timestamps: Sequence[float],
                    intrinsics: Sequence[Any] | None = None, streams: Sequence[int] | None = None,
@@ -477,7 +634,7 @@ class BatchedReconstructor:
                 # the flagged frame is run again as the first view of the new chunk; its output is dropped
                 sub = [j for j in range(n) if flagged[j]]
                 sub_images = batch[sub] if len(sub) < n else batch
-                self._run_model(sub_images, [idx[j] for j in sub], None, None)
+                self._run_model(sub_images, [idx[j] for j in sub], None, None, keep_outputs=False)
             self._sync()
             t_model = time.perf_counter()
             c2w_raw = out.c2w.detach().to("cpu", torch.float64).numpy()  # the one per-step sync
@@ -600,3 +757,13 @@ class StreamingReconstructor:
     def invalid_frames(self) -> int:
         """Frames whose pose came out non-finite (reported with valid=False; the stream was reset)."""
         return self._batched.invalid_frames
+
+    @property
+    def fast_path_active(self) -> bool:
+        """True when the last frame ran as a CUDA-graph replay (before the first frame: whether it will)."""
+        return self._batched.fast_path_active
+
+    @property
+    def fast_path_status(self) -> str:
+        """Which execution path runs, e.g. 'cuda-graph (bfloat16; levers: ...)' or 'eager (model on cpu; ...)'."""
+        return self._batched.fast_path_status

@@ -6,6 +6,9 @@
     runner = GraphedStep(model, batch_size=1, height=384, width=512, heads=("self",))
     out = runner.step(images)                        # one CUDA-graph replay per frame; runner.state advances
 
+`ttt3r_ros.engine.StreamingReconstructor` uses this by default on CUDA (EngineConfig.fast_path); `enable_fast_path`
+is idempotent per model. `resolve_precision("auto", device)` is the precision default of the node and `map`.
+
 Why each lever (H100, 512x384, batch 1, bf16; numbers in docs/speed_notes.md):
 * CUDA graph of the whole step: the eager step launches ~2,400 kernels from Python, which takes longer than the
   GPU needs to run them; one replay launches them all at once.
@@ -30,7 +33,8 @@ from .network import TTT3RModel
 from .state import RecurrentState, StepOutput
 
 __all__ = ["FAST_LEVERS", "PARITY_SAFE_LEVERS", "FLOAT32_LEVERS", "default_levers", "enable_fast_path",
-           "GraphedStep", "normalise_uint8_hwc", "compile_available"]
+           "fast_path_levers", "GraphedStep", "normalise_uint8_hwc", "compile_available", "PRECISION_NAMES",
+           "resolve_precision"]
 
 FAST_LEVERS: tuple[str, ...] = ("compile", "compile_heads", "channels_last", "concurrent_decoders")
 # Levers that leave float32 results within the parity tolerances (H100, parity vectors, TF32 off, with the CUDA
@@ -40,6 +44,33 @@ PARITY_SAFE_LEVERS: tuple[str, ...] = ("channels_last", "concurrent_decoders")
 # float32 defaults: of the parity-safe levers, those that measurably help in float32 (channels-last was neutral:
 # 47.97 vs 47.68 ms per step, cuDNN's float32 kernels prefer NCHW).
 FLOAT32_LEVERS: tuple[str, ...] = ("concurrent_decoders",)
+
+
+# Precision names shared by the node's `precision` parameter, `ttt3r-ros map --precision` and the bench.
+PRECISION_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_NAMES: tuple[str, ...] = ("auto", *PRECISION_DTYPES)
+# Marks a model whose levers were switched on (enable_fast_path is idempotent per model instance).
+_LEVERS_ATTR = "_ttt3r_fast_path_levers"
+
+
+def resolve_precision(name: str, device: torch.device | str) -> tuple[str, torch.dtype, torch.dtype]:
+    """A precision name -> (resolved name, weights dtype, head dtype).
+
+    'auto' is bf16 on CUDA (the measured fast path: docs/speed_notes.md) and fp32 elsewhere (on a CPU bf16 is
+    not faster and fp32 is the parity path). A reduced precision casts the whole model, heads included, once
+    (no autocast), as `ttt3r-ros bench` measures it.
+    """
+    if name == "auto":
+        name = "bf16" if torch.device(device).type == "cuda" else "fp32"
+    if name not in PRECISION_DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_NAMES)}, got {name!r}")
+    dtype = PRECISION_DTYPES[name]
+    return name, dtype, dtype
+
+
+def fast_path_levers(model: torch.nn.Module) -> Optional[tuple[str, ...]]:
+    """The levers `enable_fast_path` switched on for this model, or None if it was never called on it."""
+    return getattr(model, _LEVERS_ATTR, None)
 
 
 def default_levers(dtype: torch.dtype) -> tuple[str, ...]:
@@ -63,9 +94,14 @@ def enable_fast_path(model: TTT3RModel, levers: Optional[Collection[str]] = None
 
     Only for CUDA models (the levers are CUDA-specific; the CPU path stays eager and unchanged). The env var
     TTT3R_FAST_LEVERS (comma list, or "none") overrides `levers`, e.g. to rule one out on a new device.
+    Idempotent per model: a second call changes nothing and returns the levers of the first (compiling a
+    compiled block again would wrap it twice).
     """
     if model.device.type != "cuda":
         raise ValueError(f"enable_fast_path is for CUDA models; this one is on {model.device}")
+    already = fast_path_levers(model)
+    if already is not None:
+        return already
     if levers is None:
         levers = default_levers(model.dtype)
     override = os.environ.get("TTT3R_FAST_LEVERS")
@@ -89,6 +125,7 @@ def enable_fast_path(model: TTT3RModel, levers: Optional[Collection[str]] = None
             enabled.append(lever)
         else:
             log(f"ttt3r fast path: Triton is not installed, '{lever}' skipped (eager, slower)")
+    setattr(model, _LEVERS_ATTR, tuple(enabled))
     return tuple(enabled)
 
 
@@ -136,7 +173,8 @@ class GraphedStep:
     exactly like successive `model.step` calls (same kernels in the same order). The reset/update masks are
     static inputs too, so one graph serves every combination of them.
 
-    images: float [B, 3, H, W] in [-1, 1] (uint8_input=False) or uint8 [B, H, W, 3] RGB (uint8_input=True; the
+    images: float [B, 3, H, W] in [-1, 1] (uint8_input=False; any float dtype: it is cast to the model's dtype on
+    the copy into the static buffer, as `model.step` casts its input) or uint8 [B, H, W, 3] RGB (uint8_input=True; the
     normalisation then runs inside the graph). `postprocess(out, images_as_given)` may add device tensors computed
     inside the graph (e.g. world points); they are returned by `step` as `extras`. Every returned tensor is a
     static buffer that the next call overwrites: copy what you keep.
@@ -190,7 +228,9 @@ class GraphedStep:
     def step(self, images: torch.Tensor, reset: Optional[torch.Tensor] = None,
              update: Optional[torch.Tensor] = None) -> StepOutput:
         """One view per stream. Host images should be pinned (asynchronous upload); GPU images are copied in."""
-        if images.shape != self.static_images.shape or images.dtype != self.static_images.dtype:
+        dtype_ok = (images.dtype == self.static_images.dtype if self.uint8_input
+                    else images.is_floating_point())
+        if images.shape != self.static_images.shape or not dtype_ok:
             raise ValueError(f"GraphedStep was captured for images {tuple(self.static_images.shape)} "
                              f"{self.static_images.dtype}, got {tuple(images.shape)} {images.dtype}")
         self.static_images.copy_(images, non_blocking=True)

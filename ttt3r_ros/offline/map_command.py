@@ -19,7 +19,8 @@ from .errors import OfflineInputError
 from .make_bag_command import intrinsics_from_args
 from .mapping import MapRunOptions, MapRunSummary, OfflineMapper, software_versions
 from .model_setup import (DEFAULT_MODEL_CONFIG, PLUMBING_LABEL, WEIGHTS_ENV, WeightsChoice, build, device_name,
-                          checkpoint_help, resolve_device, resolve_precision, resolve_weights)
+                          checkpoint_help, precision_name, resolve_device, resolve_precision,
+                          resolve_weights)
 from .readers import FrameSource, PrefetchingSource, open_frame_source
 from .result_bag import ResultBagWriter
 
@@ -59,8 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--reset-interval", type=int, default=0,
                        help="reset the recurrent state every N frames, chaining chunks (0 = never; default 0)")
     model.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    model.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                       help="inference precision (default fp32)")
+    model.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                       help="inference precision: auto (default) = bf16 on CUDA (the fast path), fp32 on CPU; "
+                            "fp32 = the parity path; fp16 drifts less from fp32 than bf16 at the same speed "
+                            "(docs/speed_notes.md)")
     model.add_argument("--image-size", type=int, default=512,
                        help="model input long side in pixels, multiple of 16 (default 512)")
     model.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
@@ -134,7 +137,7 @@ def map_input(args: argparse.Namespace, source: FrameSource | None = None) -> Ma
         args.weights, args.random_weights = None, True
     weights: WeightsChoice = resolve_weights(args.weights, args.random_weights)
     device = resolve_device(args.device)
-    dtype = resolve_precision(args.precision)
+    dtype = resolve_precision(args.precision, device)
     if source is None:
         intrinsics, _, _ = intrinsics_from_args(args)
         source = open_frame_source(args.input, image_topic=args.image_topic,
@@ -166,7 +169,7 @@ def map_input(args: argparse.Namespace, source: FrameSource | None = None) -> Ma
             "weights": {"path": str(weights.path) if weights.path else None, "source": weights.source,
                         "random": weights.is_random},
             "versions": software_versions(),
-            "device": {"type": device.type, "name": device_name(device), "precision": args.precision},
+            "device": {"type": device.type, "name": device_name(device), "precision": precision_name(dtype)},
             "frames": {"odom_frame": args.odom_frame, "base_frame": args.base_frame,
                        "camera_frame": args.camera_frame,
                        "trajectory": "camera optical frame (x right, y down, z forward) relative to the first "

@@ -76,10 +76,21 @@ def resolve_device(device: str) -> torch.device:
     return chosen
 
 
-def resolve_precision(precision: str) -> torch.dtype:
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """--precision -> weights dtype; 'auto' = bf16 on CUDA (the fast path), fp32 on CPU (the parity path).
+    A reduced precision casts the whole model, heads included (build(..., head_dtype=dtype))."""
+    if precision == "auto":
+        from ..model.fast import resolve_precision as resolve_model_precision
+
+        return resolve_model_precision("auto", device)[1]
     if precision not in PRECISIONS:
-        raise OfflineInputError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise OfflineInputError(f"--precision must be one of auto, {', '.join(PRECISIONS)}, not {precision!r}")
     return PRECISIONS[precision]
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """The short name of a resolved precision (fp32, bf16, fp16), for run records."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def device_name(device: torch.device) -> str:
@@ -104,7 +115,8 @@ def build(model_config: str, weights: WeightsChoice, device: torch.device, dtype
     except (ConfigError, FileNotFoundError, ValueError) as err:
         raise OfflineInputError(f"--model-config {model_config}: {err}") from err
     try:
-        return build_model(config, weights=weights.path, device=device, dtype=dtype, seed=seed)
+        # the whole model in one precision, as measured by `ttt3r-ros bench` (fp32 stays the parity path)
+        return build_model(config, weights=weights.path, device=device, dtype=dtype, seed=seed, head_dtype=dtype)
     except FileNotFoundError as err:
         raise OfflineInputError(str(err)) from err
     except Exception as err:

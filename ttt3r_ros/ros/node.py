@@ -208,6 +208,7 @@ class Ttt3rNode(LifecycleNode):
         import torch
 
         from ttt3r_ros.model import UPDATE_RULES, build_model, load_model_config
+        from ttt3r_ros.model.fast import resolve_precision
 
         p = self._p
         weights = str(p["weights"]).strip()
@@ -232,9 +233,11 @@ class Ttt3rNode(LifecycleNode):
         elif device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device={device!r} requested but CUDA is not available (use device:=cpu)")
         self._device = device
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[p["precision"]]
+        precision, dtype, head_dtype = resolve_precision(p["precision"], device)
+        if p["precision"] == "auto":
+            self.get_logger().info(f"precision:=auto resolved to {precision}")
         cfg = load_model_config(p["model_config"])
-        model = build_model(cfg, weights=weights_arg, device=device, dtype=dtype)
+        model = build_model(cfg, weights=weights_arg, device=device, dtype=dtype, head_dtype=head_dtype)
         model.eval()
         self._model = model
         # A throwaway engine validates the engine options now (not at the first frame) and warms up; the real
@@ -249,6 +252,7 @@ class Ttt3rNode(LifecycleNode):
             for i in range(int(p["warmup_frames"])):
                 warm.step(frame, float(i))
             self.get_logger().info(f"warm-up: {p['warmup_frames']} frame(s) in {(time.monotonic() - t0) * 1e3:.0f} ms")
+        self.get_logger().info(f"execution path: {warm.fast_path_status}")
         del warm
 
     def _new_engine(self, t_base_cam: np.ndarray | None) -> Any:

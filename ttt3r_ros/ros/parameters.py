@@ -67,7 +67,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("model_config", "cut3r_512_dpt_4_64", "model preset name or path to a JSON config"),
     ParamSpec("update_rule", "ttt3r", "recurrent state update rule (ttt3r = confidence-gated, cut3r = full)"),
     ParamSpec("device", "auto", _DEVICE_HELP),
-    ParamSpec("precision", "fp32", "inference precision", choices=("fp32", "fp16", "bf16")),
+    ParamSpec("precision", "auto", "inference precision: auto = bf16 on CUDA (the fast path), fp32 on CPU; fp32 = "
+              "the parity path; bf16/fp16 cast the whole model once (fp16 drifts less from fp32 at the same "
+              "speed, docs/speed_notes.md)", choices=("auto", "fp32", "fp16", "bf16")),
     ParamSpec("image_size", 512, "model input long side in pixels (multiple of 16)", min_value=16, max_value=4096),
     ParamSpec("reset_interval", 0, "reset the recurrent state every N frames (0 = never)", min_value=0,
               max_value=1_000_000),

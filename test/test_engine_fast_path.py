@@ -1,0 +1,192 @@
+"""The engine's CUDA fast path (one GraphedStep runner per batch x model size, per-stream states loaded/kept).
+
+On CPU the state bookkeeping is checked with a stand-in runner that keeps GraphedStep's contract (static state
+advanced in place, outputs in static buffers that the next step overwrites): trajectories and depth must equal the
+eager engine's bit for bit through reset intervals, engine.reset(), update_state=False and two batched streams
+stepped in changing subsets, and the single-stream case must never copy a state into the runner after the first
+frame. On a GPU the real GraphedStep (fp32, TF32 off) must match fast_path=False within 1e-5.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ttt3r_ros.engine import BatchedReconstructor, StreamingReconstructor
+from ttt3r_ros.model import fast
+
+parity = pytest.importorskip("ttt3r_ros.model.parity", reason="ttt3r_ros.model.parity not available")
+
+
+@pytest.fixture(scope="module")
+def vectors(reference_dir: Path):
+    configured = os.environ.get("TTT3R_PARITY_FILE")
+    path = Path(configured) if configured else reference_dir / "parity_tiny.safetensors"
+    if not path.is_file():
+        pytest.fail(f"parity vector file {path} not found")
+    return parity.load_parity_vectors(path)
+
+
+def _frames(vectors) -> list[torch.Tensor]:
+    return [f for f in vectors.tensors["input/frames"]]
+
+
+class StaticBufferRunner:
+    """CPU stand-in for fast.GraphedStep with the same contract (see module docstring)."""
+
+    loads = 0
+
+    def __init__(self, model: Any, batch_size: int, height: int, width: int, update_rule: str = "ttt3r",
+                 heads: Any = ("self",), **_: Any) -> None:
+        self.model, self.update_rule, self.heads = model, update_rule, tuple(heads)
+        self.shape = (batch_size, 3, height, width)
+        self._state = model.initial_state(batch_size)
+        self._out: Any = None
+
+    def step(self, images: torch.Tensor, reset: Any = None, update: Any = None) -> Any:
+        assert tuple(images.shape) == self.shape
+        out, new = self.model.step(images, self._state, update_rule=self.update_rule, reset=reset, update=update,
+                                   heads=self.heads)
+        self.load_state(new, count=False)
+        if self._out is None:
+            self._out = out
+        else:  # overwrite the "static" buffers, as a replay does
+            for name in ("pts3d_in_self_view", "conf_self", "update_rate", "c2w", "camera_pose"):
+                getattr(self._out, name).copy_(getattr(out, name))
+        return self._out
+
+    @property
+    def state(self) -> Any:
+        return self._state
+
+    def load_state(self, state: Any, count: bool = True) -> None:
+        StaticBufferRunner.loads += int(count)
+        self._state.state.copy_(state.state)
+        self._state.mem.copy_(state.mem)
+        self._state.fresh.copy_(state.fresh)
+
+
+def _force_fast(engine: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Route a CPU engine through the fast-path code with the stand-in runner."""
+    monkeypatch.setattr(fast, "GraphedStep", StaticBufferRunner)
+    inner = getattr(engine, "_batched", engine)
+    inner._fast_path = True
+    return engine
+
+
+def _run_single(engine: Any, frames: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    depths = []
+    for i, f in enumerate(frames + frames[::-1]):  # 12 frames: 4 reset-interval chunks of 3
+        if i == 5:
+            engine.reset()                                 # the node's reset service: continue odometry
+        if i == 9:
+            engine.reset(restart_odometry=True)
+        depths.append(engine.step(f, 0.1 * i, update_state=(i != 3)).depth)
+    return np.stack([p for _, p in engine.trajectory_model]), np.stack(depths)
+
+
+def test_fast_path_bookkeeping_equals_eager_single_stream(vectors, monkeypatch) -> None:
+    model = parity.build_parity_model(vectors, "cpu")
+    frames = _frames(vectors)
+    eager = StreamingReconstructor(model, reset_interval=3, build_map=False)
+    assert not eager.fast_path_active and "cpu" in eager.fast_path_status
+    traj_e, depth_e = _run_single(eager, frames)
+    fast_eng = _force_fast(StreamingReconstructor(model, reset_interval=3, build_map=False), monkeypatch)
+    StaticBufferRunner.loads = 0
+    traj_f, depth_f = _run_single(fast_eng, frames)
+    assert fast_eng.fast_path_active
+    np.testing.assert_array_equal(traj_f, traj_e)
+    np.testing.assert_array_equal(depth_f, depth_e)
+    # loads: the first frame, after reset() and after reset(restart_odometry=True); reset-interval frames and
+    # update_state=False go through the runner's masks without copies
+    assert StaticBufferRunner.loads == 3, StaticBufferRunner.loads
+
+
+def test_fast_path_bookkeeping_equals_eager_two_streams(vectors, monkeypatch) -> None:
+    model = parity.build_parity_model(vectors, "cpu")
+    frames = _frames(vectors)
+
+    def run(engine: BatchedReconstructor) -> list[np.ndarray]:
+        engine.step_batch([frames[0]], [0.0], streams=[0])
+        for i in range(1, len(frames)):
+            engine.step_batch([frames[i], frames[i - 1]], [0.1 * i, 0.1 * (i - 1)],
+                              update_state=[True, i != 4])
+            if i == 3:
+                engine.reset(1)
+        engine.step_batch([frames[-1]], [9.0], streams=[1])
+        engine.step_batch([frames[0], frames[1]], [10.0, 10.0], streams=[1, 0])  # slots swapped
+        return [np.stack([p for _, p in engine.trajectory_model_of(s)]) for s in range(2)]
+
+    eager = run(BatchedReconstructor(model, 2, reset_interval=3, build_map=False))
+    fast_run = run(_force_fast(BatchedReconstructor(model, 2, reset_interval=3, build_map=False), monkeypatch))
+    for s in range(2):
+        np.testing.assert_array_equal(fast_run[s], eager[s])
+
+
+def test_fast_path_option_is_validated_and_refused_on_cpu(vectors) -> None:
+    model = parity.build_parity_model(vectors, "cpu")
+    with pytest.raises(ValueError, match="fast_path"):
+        StreamingReconstructor(model, fast_path="yes")
+    with pytest.raises(ValueError, match="CUDA"):
+        StreamingReconstructor(model, fast_path=True)
+    assert StreamingReconstructor(model, fast_path=False).fast_path_status == "eager (fast_path=False)"
+
+
+def test_precision_names_resolve_by_device() -> None:
+    assert fast.resolve_precision("auto", "cpu") == ("fp32", torch.float32, torch.float32)
+    assert fast.resolve_precision("auto", "cuda") == ("bf16", torch.bfloat16, torch.bfloat16)
+    assert fast.resolve_precision("fp16", "cpu") == ("fp16", torch.float16, torch.float16)
+    with pytest.raises(ValueError, match="precision"):
+        fast.resolve_precision("int8", "cpu")
+
+
+@pytest.mark.gpu
+def test_engine_fast_path_equals_eager_on_cuda(vectors) -> None:
+    """fp32, TF32 off: the CUDA-graph engine gives the eager engine's trajectory and depth (same kernels replayed)
+    with a reset interval, engine.reset(), update_state=False, and two batched streams."""
+    if not torch.cuda.is_available():
+        reason = "no CUDA device: the engine's CUDA-graph fast path is not run here"
+        print(reason)
+        pytest.skip(reason)
+    previous = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        frames = [f.cuda() for f in _frames(vectors)]
+        eager_model = parity.build_parity_model(vectors, "cuda")
+        fast_model = parity.build_parity_model(vectors, "cuda")
+        eager = StreamingReconstructor(eager_model, reset_interval=3, build_map=False, fast_path=False)
+        fast_eng = StreamingReconstructor(fast_model, reset_interval=3, build_map=False)
+        assert fast_eng.fast_path_active and "cuda-graph" in fast_eng.fast_path_status, fast_eng.fast_path_status
+        traj_e, depth_e = _run_single(eager, frames)
+        traj_f, depth_f = _run_single(fast_eng, frames)
+        assert fast_eng.fast_path_active, fast_eng.fast_path_status
+        print(f"\nsingle stream: pose max diff {np.abs(traj_f - traj_e).max():.3g}, "
+              f"depth max rel diff {np.max(np.abs(depth_f - depth_e) / np.maximum(np.abs(depth_e), 1e-6)):.3g}")
+        np.testing.assert_allclose(traj_f, traj_e, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(depth_f, depth_e, rtol=1e-5, atol=1e-5)
+
+        def run(engine: BatchedReconstructor) -> list[np.ndarray]:
+            engine.step_batch([frames[0]], [0.0], streams=[0])
+            for i in range(1, len(frames)):
+                engine.step_batch([frames[i], frames[i - 1]], [0.1 * i, 0.1 * (i - 1)])
+                if i == 3:
+                    engine.reset(1)
+            engine.step_batch([frames[-1]], [9.0], streams=[1])
+            return [np.stack([p for _, p in engine.trajectory_model_of(s)]) for s in range(2)]
+
+        two_e = run(BatchedReconstructor(eager_model, 2, reset_interval=3, build_map=False, fast_path=False))
+        two_f = run(BatchedReconstructor(fast_model, 2, reset_interval=3, build_map=False))
+        print(f"two streams: pose max diff {max(np.abs(two_f[s] - two_e[s]).max() for s in range(2)):.3g}")
+        for s in range(2):
+            np.testing.assert_allclose(two_f[s], two_e[s], rtol=1e-5, atol=1e-5)
+        # host uint8 numpy frames (the node's input) through the fast engine: on-device preprocessing + graph
+        rng = np.random.default_rng(0)
+        eng = StreamingReconstructor(fast_model, size=64)
+        r = eng.step(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), 0.0)
+        assert eng.fast_path_active and r.model_size == (48, 64) and np.isfinite(r.depth).all()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
