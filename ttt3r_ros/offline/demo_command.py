@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model input long side (default 512; 64 untrained)")
     parser.add_argument("--fps", type=float, default=10.0, help="frame rate of the rendered sequence")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="auto: bf16 on CUDA (the fast path), fp32 on CPU; fp32 is the parity path")
     parser.add_argument("--no-bag", action="store_true", help="do not write the sequence as a rosbag2 too")
     parser.add_argument("--no-progress", action="store_true")
 
