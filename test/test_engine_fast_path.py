@@ -36,28 +36,41 @@ def _frames(vectors) -> list[torch.Tensor]:
 
 
 class StaticBufferRunner:
-    """CPU stand-in for fast.GraphedStep with the same contract (see module docstring)."""
+    """CPU stand-in for fast.GraphedStep with the same contract (see module docstring), including the engine's
+    in-graph preprocessing (prepare, raw uint8 input) and postprocess extras, all in "static" buffers."""
 
     loads = 0
 
     def __init__(self, model: Any, batch_size: int, height: int, width: int, update_rule: str = "ttt3r",
-                 heads: Any = ("self",), **_: Any) -> None:
+                 heads: Any = ("self",), postprocess: Any = None, prepare: Any = None, input_size: Any = None,
+                 **_: Any) -> None:
         self.model, self.update_rule, self.heads = model, update_rule, tuple(heads)
-        self.shape = (batch_size, 3, height, width)
+        self.postprocess, self.prepare = postprocess, prepare
+        self.shape = (batch_size, *input_size, 3) if prepare is not None else (batch_size, 3, height, width)
         self._state = model.initial_state(batch_size)
         self._out: Any = None
+        self._extras: dict[str, torch.Tensor] = {}
 
     def step(self, images: torch.Tensor, reset: Any = None, update: Any = None) -> Any:
         assert tuple(images.shape) == self.shape
-        out, new = self.model.step(images, self._state, update_rule=self.update_rule, reset=reset, update=update,
+        x, extras = self.prepare(images) if self.prepare is not None else (images, {})
+        out, new = self.model.step(x, self._state, update_rule=self.update_rule, reset=reset, update=update,
                                    heads=self.heads)
+        if self.postprocess is not None:
+            extras = {**extras, **self.postprocess(out, images)}
         self.load_state(new, count=False)
         if self._out is None:
-            self._out = out
+            self._out, self._extras = out, extras
         else:  # overwrite the "static" buffers, as a replay does
             for name in ("pts3d_in_self_view", "conf_self", "update_rate", "c2w", "camera_pose"):
                 getattr(self._out, name).copy_(getattr(out, name))
+            for name, t in extras.items():
+                self._extras[name].copy_(t)
         return self._out
+
+    @property
+    def extras(self) -> dict[str, torch.Tensor]:
+        return self._extras
 
     @property
     def state(self) -> Any:
@@ -127,6 +140,64 @@ def test_fast_path_bookkeeping_equals_eager_two_streams(vectors, monkeypatch) ->
         np.testing.assert_array_equal(fast_run[s], eager[s])
 
 
+def _uint8_frames(count: int, h: int = 96, w: int = 128) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def test_fast_path_uint8_frames_preprocessed_in_graph_equal_eager(vectors, monkeypatch) -> None:
+    """The node's input (host uint8 frames, resized): preprocessing runs inside the runner, outputs are prefetched
+    into fresh host arrays per frame. Every result, read only after all frames ran, must equal the eager engine's
+    bit for bit (no later frame may overwrite an earlier frame's host arrays or device tensors)."""
+    model = parity.build_parity_model(vectors, "cpu")
+    frames = _uint8_frames(7)
+    opts = dict(size=64, reset_interval=3, build_map=False, preprocess_on_device=True)
+
+    def run(engine: Any) -> list[Any]:
+        results = []
+        for i, f in enumerate(frames):
+            if i == 4:
+                engine.reset()
+            results.append(engine.step(f, 0.1 * i, update_state=(i != 2)))
+        return results
+
+    eager_res = run(StreamingReconstructor(model, fast_path=False, **opts))
+    fast_eng = _force_fast(StreamingReconstructor(model, **opts), monkeypatch)
+    fast_res = run(fast_eng)
+    assert fast_eng.fast_path_active
+    assert list(fast_eng._batched._runners) == [(1, 96, 128, "uint8")]  # one runner, raw-frame input
+    for e, f in zip(eager_res, fast_res):
+        assert f.model_size == e.model_size == (48, 64)
+        np.testing.assert_array_equal(f.camera_to_world_model, e.camera_to_world_model)
+        for name in ("depth", "confidence", "colour", "points_camera", "points_world"):
+            np.testing.assert_array_equal(f.numpy(name), e.numpy(name), err_msg=name)
+        assert (f.gate_mean, f.gate_min, f.gate_max) == (e.gate_mean, e.gate_min, e.gate_max)
+        np.testing.assert_array_equal(f.intrinsics_model, e.intrinsics_model)
+    # each frame got its own host arrays
+    assert len({id(r.depth) for r in fast_res}) == len(fast_res)
+    assert not np.shares_memory(fast_res[0].depth, fast_res[1].depth)
+
+
+def test_fast_path_uint8_two_streams_equal_eager(vectors, monkeypatch) -> None:
+    model = parity.build_parity_model(vectors, "cpu")
+    frames = _uint8_frames(5)
+    opts = dict(size=64, reset_interval=2, build_map=False, preprocess_on_device=True)
+
+    def run(engine: BatchedReconstructor) -> list[Any]:
+        out = list(engine.step_batch([frames[0]], [0.0], streams=[1]))
+        for i in range(1, len(frames)):
+            out += engine.step_batch([frames[i], frames[i - 1]], [0.1 * i] * 2)
+        return out
+
+    eager_res = run(BatchedReconstructor(model, 2, fast_path=False, **opts))
+    fast_res = run(_force_fast(BatchedReconstructor(model, 2, **opts), monkeypatch))
+    for e, f in zip(eager_res, fast_res):
+        np.testing.assert_array_equal(f.camera_to_world_model, e.camera_to_world_model)
+        for name in ("depth", "confidence", "colour"):
+            np.testing.assert_array_equal(f.numpy(name), e.numpy(name), err_msg=name)
+        assert (f.gate_mean, f.gate_max) == (e.gate_mean, e.gate_max)
+
+
 def test_fast_path_option_is_validated_and_refused_on_cpu(vectors) -> None:
     model = parity.build_parity_model(vectors, "cpu")
     with pytest.raises(ValueError, match="fast_path"):
@@ -188,5 +259,50 @@ def test_engine_fast_path_equals_eager_on_cuda(vectors) -> None:
         eng = StreamingReconstructor(fast_model, size=64)
         r = eng.step(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), 0.0)
         assert eng.fast_path_active and r.model_size == (48, 64) and np.isfinite(r.depth).all()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+@pytest.mark.gpu
+def test_engine_fast_path_uint8_frames_equal_eager_on_cuda(vectors) -> None:
+    """fp32, TF32 off: host uint8 frames (resized 96x128 -> 48x64, and unresized 48x64) through the CUDA graph that
+    also preprocesses, with pinned asynchronous host outputs, give the eager engine's poses, depth, confidence,
+    colour and gate; every frame's host arrays are read only after all frames ran (none overwritten)."""
+    if not torch.cuda.is_available():
+        reason = "no CUDA device: the engine's CUDA-graph fast path is not run here"
+        print(reason)
+        pytest.skip(reason)
+    previous = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        eager_model = parity.build_parity_model(vectors, "cuda")
+        fast_model = parity.build_parity_model(vectors, "cuda")
+        for h, w in ((96, 128), (48, 64)):
+            frames = _uint8_frames(7, h, w)
+
+            def run(engine: Any) -> list[Any]:
+                out = []
+                for i, f in enumerate(frames):
+                    if i == 4:
+                        engine.reset()
+                    out.append(engine.step(f, 0.1 * i, update_state=(i != 2)))
+                return out
+
+            eager = run(StreamingReconstructor(eager_model, size=64, reset_interval=3, build_map=False,
+                                               fast_path=False))
+            fast_eng = StreamingReconstructor(fast_model, size=64, reset_interval=3, build_map=False)
+            fast_res = run(fast_eng)
+            assert fast_eng.fast_path_active and list(fast_eng._batched._runners) == [(1, h, w, "uint8")], \
+                fast_eng.fast_path_status
+            for e, f in zip(eager, fast_res):
+                np.testing.assert_allclose(f.camera_to_world_model, e.camera_to_world_model, rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(f.depth, e.depth, rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(f.confidence, e.confidence, rtol=1e-5, atol=1e-5)
+                np.testing.assert_array_equal(f.colour, e.colour)
+                np.testing.assert_allclose([f.gate_mean, f.gate_min, f.gate_max],
+                                           [e.gate_mean, e.gate_min, e.gate_max], rtol=1e-5, atol=1e-6)
+            worst = max(np.abs(f.camera_to_world_model - e.camera_to_world_model).max()
+                        for e, f in zip(eager, fast_res))
+            print(f"\nuint8 {w}x{h}: pose max diff {worst:.3g}")
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous

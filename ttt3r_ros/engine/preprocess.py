@@ -183,6 +183,17 @@ def _pass_matrices(rc: ResizeCrop, size: int, device: torch.device, dtype: torch
     return out
 
 
+def resize_matrices(input_h: int, input_w: int, size: int, device: torch.device | str,
+                    precision: str = "exact") -> tuple:
+    """The device matrices ``preprocess_torch`` uses for this input size (built and cached now). A CUDA graph
+    that captured ``preprocess_torch`` must hold this tuple: the bounded cache may drop its entry later."""
+    rc = plan_resize_crop(input_h, input_w, size)
+    if (rc.resized_h, rc.resized_w) == (input_h, input_w):
+        return ()
+    dtype = torch.float64 if precision == "exact" else torch.float32
+    return _pass_matrices(rc, size, torch.device(device), dtype, quantised=True)
+
+
 def preprocess_torch(images: torch.Tensor, size: int = 512, precision: str = "exact",
                      device: torch.device | str | None = None) -> Preprocessed:
     """Batched preprocessing of uint8 RGB tensors [H,W,3] or [B,H,W,3] on their device (or ``device``).

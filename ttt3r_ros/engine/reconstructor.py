@@ -21,18 +21,25 @@ frame is the identity.
 
 Fast path (CUDA): by default (``fast_path=None``: on for a CUDA model) the model runs through
 ``ttt3r_ros.model.fast``: ``enable_fast_path`` once per model (compiled blocks/heads for bf16/fp16, concurrent
-decoders) and one ``GraphedStep`` (a CUDA graph of the whole step, self head only) per (batch size, model H, W),
-captured at the first frame of that shape (that frame pays warm-up, compilation and capture; logged once). The
+decoders) and one ``GraphedStep`` (a CUDA graph of the whole step, self head only) per (batch size, H, W, input
+kind), captured at the first frame of that shape (that frame pays warm-up, compilation and capture; logged once).
+uint8 frames of one size with on-device preprocessing (the node's case) go to a runner whose graph also runs the
+resize/crop/normalisation (``preprocess_torch``, the same kernels as the eager on-device path) on the raw frames,
+uploaded from a fresh pinned buffer; float (pre-normalised) frames use a runner at model size. The
 streams' states are loaded into the runner only when it does not already hold exactly their latest state (the
 single-stream case never copies), reset/update flags go through the runner's masks, and the outputs a FrameResult
-keeps (self points, confidence, update rate, pose) are cloned on the device, because the next replay overwrites
-the runner's buffers. If a capture fails the engine warns once and runs that shape eagerly
-(``fast_path_active``/``fast_path_status`` say which path ran). On a CPU nothing changes: ``model.step`` eagerly.
+keeps on the device (self points, confidence, in-graph colour) are cloned, because the next replay overwrites
+the runner's buffers (pose, gate and the host arrays are copied out before any later replay). If a capture fails
+the engine warns once and runs that shape eagerly (``fast_path_active``/``fast_path_status`` say which path ran).
+On a CPU nothing changes: ``model.step`` eagerly.
 
 Synchronisation: ``step`` copies the [B,4,4] pose to the host once per call (chaining and the trajectory need it).
 Dense outputs stay on the model's device in the FrameResult until a property asks for them; each is copied once and
-cached. The map update (if enabled) reduces the frame's confident points to voxels on the device and copies only
-those voxels.
+cached. On the fast path, what the node reads every frame (depth, confidence, colour, gate) is instead copied
+asynchronously right after the replay into fresh pinned host arrays owned by that FrameResult (the pose copy's
+event is the step's one wait; the others' event is waited for on the first host read), so a read costs no copy.
+The map update (if enabled) reduces the frame's confident points to voxels on the device and copies only those
+voxels.
 """
 from __future__ import annotations
 
@@ -47,7 +54,8 @@ import torch
 
 from . import geometry
 from .geometry import ResizeCrop
-from .preprocess import Preprocessed, preprocess, validate_image
+from .preprocess import (Preprocessed, plan_resize_crop, preprocess, preprocess_torch, resize_matrices,
+                         validate_image)
 from .voxel_map import VoxelMap
 
 UPDATE_RULE_NAMES = ("ttt3r", "cut3r")
@@ -161,8 +169,11 @@ class FrameResult:
     def __init__(self, *, index: int, stream: int, timestamp: float, transform: ResizeCrop,
                  camera_to_world: np.ndarray, camera_to_world_model: np.ndarray, camera_to_base: np.ndarray,
                  points_camera: torch.Tensor, confidence: torch.Tensor, colour: torch.Tensor,
-                 update_rate: torch.Tensor, intrinsics_input: np.ndarray | None, was_reset: bool, chunk_index: int,
-                 timings_ms: dict[str, float], valid: bool = True, focal_pixel_stride: int = 1) -> None:
+                 update_rate: torch.Tensor | None, intrinsics_input: np.ndarray | None, was_reset: bool,
+                 chunk_index: int,
+                 timings_ms: dict[str, float], valid: bool = True, focal_pixel_stride: int = 1,
+                 gate: torch.Tensor | None = None, host: dict[str, np.ndarray] | None = None,
+                 host_ready: Any = None) -> None:
         self.index = index
         self.stream = stream
         self.timestamp = timestamp
@@ -176,8 +187,15 @@ class FrameResult:
         self._camera_to_base = camera_to_base
         self._tensors: dict[str, torch.Tensor] = {"points_camera": points_camera, "confidence": confidence,
                                                   "colour": colour}
-        self._gate = torch.stack([update_rate.float().mean(), update_rate.min().float(), update_rate.max().float()])
-        self._host: dict[str, np.ndarray] = {}
+        if gate is None and update_rate is not None:
+            gate = torch.stack([update_rate.float().mean(), update_rate.min().float(), update_rate.max().float()])
+        if gate is None and not (host and "gate" in host):
+            raise ValueError("FrameResult needs update_rate, gate or a host 'gate'")
+        self._gate = gate
+        # host copies: prefetched by the fast path (fresh pinned arrays, still being written until host_ready, a
+        # CUDA event, has completed), else made on first read
+        self._host: dict[str, np.ndarray] = dict(host) if host else {}
+        self._host_ready = host_ready
         self._k_input_given = intrinsics_input
         self._k_model: np.ndarray | None = None
         self._focal_pixel_stride = focal_pixel_stride
@@ -244,7 +262,13 @@ class FrameResult:
                                f"confidence, colour")
         return self._tensors[name]
 
+    def _wait_host(self) -> None:
+        if self._host_ready is not None:
+            self._host_ready.synchronize()
+            self._host_ready = None
+
     def numpy(self, name: str) -> np.ndarray:
+        self._wait_host()
         if name not in self._host:
             self._host[name] = self.tensor(name).detach().cpu().numpy()
         return self._host[name]
@@ -271,6 +295,7 @@ class FrameResult:
 
     # ------------------------------------------------------------------------------------------------ gate
     def _gate_host(self) -> np.ndarray:
+        self._wait_host()
         if "gate" not in self._host:
             self._host["gate"] = self._gate.cpu().numpy()
         return self._host["gate"]
@@ -340,7 +365,7 @@ class _Stream:
 
     def __init__(self, state: Any, cfg: EngineConfig) -> None:
         self.state = state  # None while a graph runner holds the latest state (see ``held_by``)
-        self.held_by: tuple[tuple[int, int, int], int] | None = None  # (runner key, slot)
+        self.held_by: tuple[tuple[int, int, int, str], int] | None = None  # (runner key, slot)
         self.index = 0
         self.chunk = 0
         self.base = np.eye(4)
@@ -357,8 +382,29 @@ class _KeptOutputs:
     """The StepOutput fields the engine reads after a graph replay, copied out of the runner's static buffers."""
     pts3d_in_self_view: torch.Tensor
     conf_self: torch.Tensor
-    update_rate: torch.Tensor
-    c2w: torch.Tensor
+    update_rate: torch.Tensor | None
+    c2w: torch.Tensor  # the runner's static buffer: read (copied to the host) before the next replay
+    gate: torch.Tensor  # [B, 3] mean/min/max of update_rate, computed inside the graph
+    host_sources: dict[str, torch.Tensor]  # static buffers copied to the host right after the replay
+    colour: torch.Tensor | None = None  # [B, h, w, 3] uint8 (cloned) where preprocessing ran inside the graph
+
+
+@dataclass
+class _HostCopies:
+    """One step's outputs copied asynchronously into fresh pinned host arrays (never reused while referenced:
+    torch's caching host allocator recycles a block only once its tensor is freed and its copy has finished)."""
+    pose: torch.Tensor  # [B, 4, 4] pinned host tensor, ready once pose_ready has completed
+    pose_ready: Any
+    arrays: dict[str, np.ndarray]  # name -> [B, ...]: depth, confidence, colour, gate
+    ready: Any
+
+
+def _engine_extras(out: Any, _images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Computed inside the engine's CUDA graph: what the node reads on the host every frame, contiguous, so the
+    host copies need no extra kernels. The gate's arithmetic is FrameResult's (same values)."""
+    u = out.update_rate.float()
+    gate = torch.stack([torch.stack([u[j].mean(), u[j].min(), u[j].max()]) for j in range(u.shape[0])])
+    return {"depth": out.pts3d_in_self_view[..., 2].contiguous(), "gate": gate}
 
 
 class BatchedReconstructor:
@@ -376,10 +422,11 @@ class BatchedReconstructor:
         self.num_streams = num_streams
         self.invalid_frames = 0
         self._streams = [self._new_stream() for _ in range(num_streams)]
-        # fast path: runner key (batch, H, W) -> GraphedStep, LRU order; which streams each runner's slots hold
-        self._runners: OrderedDict[tuple[int, int, int], Any] = OrderedDict()
-        self._runner_streams: dict[tuple[int, int, int], tuple[int, ...]] = {}
-        self._capture_failed: dict[tuple[int, int, int], str] = {}
+        # fast path: runner key (batch, H, W, input kind) -> GraphedStep, LRU order; which streams each runner's
+        # slots hold
+        self._runners: OrderedDict[tuple[int, int, int, str], Any] = OrderedDict()
+        self._runner_streams: dict[tuple[int, int, int, str], tuple[int, ...]] = {}
+        self._capture_failed: dict[tuple[int, int, int, str], str] = {}
         self._last_step_graphed: bool | None = None
         self._fast_path, self._fast_path_note = self._resolve_fast_path()
 
@@ -423,12 +470,14 @@ class BatchedReconstructor:
         """One line for logs/status: which path runs, with the levers, and shapes that fell back to eager."""
         note = self._fast_path_note
         if self._capture_failed:
-            shapes = ", ".join(f"batch {b} {w}x{h}: {why}" for (b, h, w), why in self._capture_failed.items())
+            shapes = ", ".join(f"batch {b} {w}x{h}{' uint8 input' if kind == 'uint8' else ''}: {why}"
+                               for (b, h, w, kind), why in self._capture_failed.items())
             note += f"; eager for {shapes}"
         return note
 
-    def _graph_runner(self, key: tuple[int, int, int]) -> Any:
-        """The GraphedStep for (batch, H, W), captured on first use; None where capture failed (eager then)."""
+    def _graph_runner(self, key: tuple[int, int, int, str]) -> Any:
+        """The GraphedStep for (batch, H, W, kind), captured on first use; None where capture failed (eager then).
+        kind 'float': model-size normalised images in; 'uint8': raw frames of H x W in, preprocessing in the graph."""
         if key in self._capture_failed:
             return None
         runner = self._runners.get(key)
@@ -439,23 +488,41 @@ class BatchedReconstructor:
 
         if len(self._runners) >= MAX_GRAPH_RUNNERS:
             self._drop_runner(next(iter(self._runners)))
-        batch, h, w = key
+        batch, h, w, kind = key
         t0 = time.perf_counter()
         try:
-            runner = GraphedStep(self.model, batch, h, w, update_rule=self.config.update_rule, heads=("self",))
+            if kind == "uint8":
+                runner = GraphedStep(self.model, batch, *plan_resize_crop(h, w, self.config.size).model_size,
+                                     update_rule=self.config.update_rule, heads=("self",),
+                                     postprocess=_engine_extras, prepare=self._graph_prepare(h, w), input_size=(h, w))
+            else:
+                runner = GraphedStep(self.model, batch, h, w, update_rule=self.config.update_rule, heads=("self",),
+                                     postprocess=_engine_extras)
         except Exception as exc:  # e.g. an op that cannot be captured: run this shape eagerly, say so once
             why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             self._capture_failed[key] = why
-            _log.warning("ttt3r engine: CUDA-graph capture failed for batch %d at %dx%d (%s); this shape runs "
-                         "eagerly (slower)", batch, w, h, why)
+            _log.warning("ttt3r engine: CUDA-graph capture failed for batch %d at %dx%d (%s input; %s); this "
+                         "shape runs eagerly (slower)", batch, w, h, kind, why)
             return None
-        _log.info("ttt3r engine: captured the CUDA graph for batch %d at %dx%d in %.1f s (first frame of this "
-                  "shape; includes compilation)", batch, w, h, time.perf_counter() - t0)
+        _log.info("ttt3r engine: captured the CUDA graph for batch %d at %dx%d (%s input) in %.1f s (first frame "
+                  "of this shape; includes compilation)", batch, w, h, kind, time.perf_counter() - t0)
         self._runners[key] = runner
         self._runner_streams[key] = ()
         return runner
 
-    def _drop_runner(self, key: tuple[int, int, int]) -> None:
+    def _graph_prepare(self, h: int, w: int) -> Any:
+        """The in-graph preprocessing of raw uint8 h x w frames: preprocess_torch (bit-identical to the eager
+        engine's on-device path). The closure holds the resize matrices the graph reads."""
+        size, precision = self.config.size, self.config.preprocess_precision
+        matrices = resize_matrices(h, w, size, self.device, precision)
+
+        def prepare(frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            assert matrices is not None  # kept alive with the graph
+            p = preprocess_torch(frames, size, precision=precision)
+            return p.images, {"colour": p.colour}
+        return prepare
+
+    def _drop_runner(self, key: tuple[int, int, int, str]) -> None:
         for j, s in enumerate(self._runner_streams.pop(key, ())):
             if self._streams[s].held_by == (key, j):
                 self._state_of(s)
@@ -470,7 +537,7 @@ class BatchedReconstructor:
             st.held_by = None
         return st.state
 
-    def _load_runner(self, key: tuple[int, int, int], idx: list[int]) -> Any:
+    def _load_runner(self, key: tuple[int, int, int, str], idx: list[int]) -> Any:
         """Make the runner's static state hold the latest state of streams idx (slot j = idx[j]); no copy when it
         already does."""
         runner = self._runners[key]
@@ -560,13 +627,19 @@ class BatchedReconstructor:
             torch.cuda.synchronize(self.device)
 
     def _run_model(self, images: torch.Tensor, idx: list[int], reset: list[bool] | None,
-                   update: list[bool] | None, keep_outputs: bool = True):
+                   update: list[bool] | None, keep_outputs: bool = True, kind: str = "float"):
+        """kind 'float': images [B,3,h,w] normalised; 'uint8': raw frames [B,H,W,3] (fast path only: the runner
+        preprocesses them inside its graph; eagerly here only if that capture failed)."""
         if self._fast_path:
-            key = (len(idx), int(images.shape[-2]), int(images.shape[-1]))
+            hw = images.shape[1:3] if kind == "uint8" else images.shape[-2:]
+            key = (len(idx), int(hw[0]), int(hw[1]), kind)
             if self._graph_runner(key) is not None:
                 self._last_step_graphed = True
                 return self._run_graphed(key, images, idx, reset, update, keep_outputs)
         self._last_step_graphed = False
+        if kind == "uint8":
+            images = preprocess_torch(images.to(self.device), self.config.size,
+                                      precision=self.config.preprocess_precision).images
         states = [self._state_of(s) for s in idx]
         state = states[0] if len(states) == 1 else type(states[0]).stack(states)
         kw: dict[str, Any] = {}
@@ -579,7 +652,7 @@ class BatchedReconstructor:
             self._streams[s].state = new_state if len(idx) == 1 else new_state.select(j)
         return out
 
-    def _run_graphed(self, key: tuple[int, int, int], images: torch.Tensor, idx: list[int],
+    def _run_graphed(self, key: tuple[int, int, int, str], images: torch.Tensor, idx: list[int],
                      reset: list[bool] | None, update: list[bool] | None, keep_outputs: bool) -> Any:
         runner = self._load_runner(key, idx)
         # host masks: the runner copies them into its static mask buffers (None: zero_/fill_, no upload)
@@ -588,9 +661,74 @@ class BatchedReconstructor:
         out = runner.step(images, reset=reset_mask, update=update_mask)
         if not keep_outputs:
             return None
-        # the next replay overwrites the runner's outputs: clone (on the device) what FrameResult keeps
-        return _KeptOutputs(out.pts3d_in_self_view.clone(), out.conf_self.clone(), out.update_rate.clone(),
-                            out.c2w.clone())
+        extras = runner.extras
+        sources = {"depth": extras["depth"], "confidence": out.conf_self, "gate": extras["gate"]}
+        colour = None
+        if "colour" in extras:
+            sources["colour"] = extras["colour"]
+            colour = extras["colour"].clone()
+        # the next replay overwrites the runner's outputs: clone (on the device) what FrameResult keeps there;
+        # the host copies (step_batch) read the static buffers before any later replay (same stream)
+        return _KeptOutputs(out.pts3d_in_self_view.clone(), out.conf_self.clone(), None, out.c2w, extras["gate"],
+                            sources, colour)
+
+    def _raw_batch(self, images: Sequence[Any], n: int) -> tuple[torch.Tensor, ResizeCrop] | None:
+        """Fast path, uint8 frames of one size, preprocessing on the device: the frames as one raw [n,H,W,3]
+        batch (numpy frames copied into a fresh pinned buffer, uploaded asynchronously by the runner) for the
+        runner that preprocesses inside its graph. None: the per-frame route (_prepare) instead."""
+        if not self._fast_path:
+            return None
+        on_device = self.config.preprocess_on_device
+        if not (self.device.type == "cuda" if on_device is None else on_device):
+            return None
+        if not all(isinstance(im, np.ndarray) or (isinstance(im, torch.Tensor) and not im.is_floating_point())
+                   for im in images):
+            return None
+        for j, im in enumerate(images):
+            what = "image" if n == 1 else f"image[{j}]"
+            validate_image(im, what)
+            if im.ndim != 3:
+                raise ValueError(f"{what}: expected one HxWx3 image, got shape {tuple(im.shape)}")
+        shapes = {tuple(int(d) for d in im.shape) for im in images}
+        if len(shapes) != 1:
+            return None
+        h, w, _ = shapes.pop()
+        try:
+            transform = plan_resize_crop(h, w, self.config.size)
+        except ValueError as exc:
+            raise ValueError(f"{'image' if n == 1 else 'images'}: {exc}") from None
+        if self._graph_runner((n, h, w, "uint8")) is None:
+            return None
+        if all(isinstance(im, np.ndarray) for im in images):
+            raw = torch.empty((n, h, w, 3), dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+            raw_np = raw.numpy()
+            for j, im in enumerate(images):
+                raw_np[j] = im
+        else:
+            raw = torch.stack([torch.as_tensor(im).to(self.device) for im in images])
+        return raw, transform
+
+    def _event(self) -> Any:
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event()
+        event.record()
+        return event
+
+    def _copy_to_host(self, out: _KeptOutputs) -> _HostCopies:
+        """Asynchronous device->host copies of what the node reads every frame, into fresh pinned arrays: the pose
+        first (its event is the step's one wait), then depth, confidence, colour and gate (waited for on read)."""
+        pin = self.device.type == "cuda"
+
+        def fresh(src: torch.Tensor) -> torch.Tensor:
+            dst = torch.empty(src.shape, dtype=src.dtype, pin_memory=pin)
+            dst.copy_(src, non_blocking=pin)
+            return dst
+
+        pose = fresh(out.c2w)
+        pose_ready = self._event()
+        arrays = {name: fresh(src).numpy() for name, src in out.host_sources.items()}
+        return _HostCopies(pose, pose_ready, arrays, self._event())
 
     def step_batch(self, images: Sequence[Any], timestamps: Sequence[float],
                    intrinsics: Sequence[Any] | None = None, streams: Sequence[int] | None = None,
@@ -616,12 +754,23 @@ class BatchedReconstructor:
         if len(updates) != n:
             raise ValueError(f"update_state: {len(updates)} flags for {n} streams")
 
-        prepared = [self._prepare(img, "image" if n == 1 else f"image[{j}]") for j, img in enumerate(images)]
-        sizes = {p.transform.model_size for p in prepared}
-        if len(sizes) != 1:
-            raise ValueError(f"step_batch: images give different model sizes {sorted(sizes)}; batch streams with "
-                             "the same input size, or use one reconstructor per size")
-        batch = prepared[0].images if n == 1 else torch.cat([p.images for p in prepared])
+        with torch.inference_mode():  # a first frame captures the runner here, as _run_model would
+            raw = self._raw_batch(images, n)
+        if raw is not None:  # fast path: resize/crop/normalise run inside the runner's CUDA graph
+            batch, transform = raw
+            kind = "uint8"
+            transforms = [transform] * n
+            colours: torch.Tensor | None = None  # from the graph's outputs
+        else:
+            prepared = [self._prepare(img, "image" if n == 1 else f"image[{j}]") for j, img in enumerate(images)]
+            sizes = {p.transform.model_size for p in prepared}
+            if len(sizes) != 1:
+                raise ValueError(f"step_batch: images give different model sizes {sorted(sizes)}; batch streams "
+                                 "with the same input size, or use one reconstructor per size")
+            batch = prepared[0].images if n == 1 else torch.cat([p.images for p in prepared])
+            kind = "float"
+            transforms = [p.transform for p in prepared]
+            colours = prepared[0].colour if n == 1 else torch.cat([p.colour for p in prepared])
         self._sync()
         t_pre = time.perf_counter()
 
@@ -629,21 +778,37 @@ class BatchedReconstructor:
         flagged = [r is not None and (self._streams[s].index + 1) % r == 0 for s in idx]
         starts = [self._streams[s].starts_chunk for s in idx]
         with torch.inference_mode():
-            out = self._run_model(batch, idx, flagged, updates)
+            out = self._run_model(batch, idx, flagged, updates, kind=kind)
+            host: _HostCopies | None = None
+            if self._last_step_graphed:
+                if colours is None:
+                    colours = out.colour
+                else:
+                    out.host_sources["colour"] = colours
+                host = self._copy_to_host(out)  # issued before the re-run below replays over the static outputs
             if any(flagged):
                 # the flagged frame is run again as the first view of the new chunk; its output is dropped
                 sub = [j for j in range(n) if flagged[j]]
                 sub_images = batch[sub] if len(sub) < n else batch
-                self._run_model(sub_images, [idx[j] for j in sub], None, None, keep_outputs=False)
+                self._run_model(sub_images, [idx[j] for j in sub], None, None, keep_outputs=False, kind=kind)
             self._sync()
             t_model = time.perf_counter()
-            c2w_raw = out.c2w.detach().to("cpu", torch.float64).numpy()  # the one per-step sync
+            if host is None:
+                c2w_raw = out.c2w.detach().to("cpu", torch.float64).numpy()  # the one per-step sync
+            else:
+                if host.pose_ready is not None:
+                    host.pose_ready.synchronize()  # the one per-step wait; dense copies may still be running
+                c2w_raw = host.pose.to(torch.float64).numpy()
 
             results = []
             for j, s in enumerate(idx):
                 st = self._streams[s]
+                extra: dict[str, Any] = {"update_rate": None if out.update_rate is None else out.update_rate[j]}
+                if host is not None:
+                    extra.update(host={name: a[j] for name, a in host.arrays.items()}, host_ready=host.ready)
                 if not np.all(np.isfinite(c2w_raw[j])):
-                    results.append(self._invalid_frame(s, ts[j], prepared[j], out, j, ks[j], starts[j]))
+                    results.append(self._invalid_frame(s, ts[j], transforms[j], colours[j], out, j, ks[j],
+                                                       starts[j], extra))
                     continue
                 chained = st.base @ c2w_raw[j]
                 if st.first_inv is None:
@@ -663,13 +828,13 @@ class BatchedReconstructor:
                 st.trajectory.append(ts[j], cam_to_world)
                 st.trajectory_model.append(ts[j], chained)
                 res = FrameResult(
-                    index=st.index, stream=s, timestamp=ts[j], transform=prepared[j].transform,
+                    index=st.index, stream=s, timestamp=ts[j], transform=transforms[j],
                     camera_to_world=cam_to_world, camera_to_world_model=chained,
                     camera_to_base=self.config.camera_to_base,
                     points_camera=out.pts3d_in_self_view[j], confidence=out.conf_self[j],
-                    colour=prepared[j].colour[0], update_rate=out.update_rate[j], intrinsics_input=ks[j],
+                    colour=colours[j], intrinsics_input=ks[j],
                     was_reset=starts[j] or flagged[j], chunk_index=chunk, timings_ms={},
-                    focal_pixel_stride=self.config.focal_pixel_stride)
+                    focal_pixel_stride=self.config.focal_pixel_stride, **extra)
                 st.index += 1
                 if self.config.build_map:
                     self._update_map(st.voxel_map, res)
@@ -682,8 +847,8 @@ class BatchedReconstructor:
             res.timings_ms = dict(timings)
         return results
 
-    def _invalid_frame(self, s: int, t: float, prepared: Preprocessed, out: Any, j: int, k: np.ndarray | None,
-                       starts: bool) -> FrameResult:
+    def _invalid_frame(self, s: int, t: float, transform: ResizeCrop, colour: torch.Tensor, out: Any, j: int,
+                       k: np.ndarray | None, starts: bool, extra: dict[str, Any]) -> FrameResult:
         """A non-finite pose from the network (e.g. an fp16 overflow): the frame is reported with ``valid=False``
         and the last good pose, kept out of the trajectory and the map, and the stream is reset so that the next
         frame starts a new chunk at the last good pose (its state may hold non-finite values now)."""
@@ -691,11 +856,11 @@ class BatchedReconstructor:
         last = np.eye(4) if st.last_chained is None else st.last_chained
         rel = np.eye(4) if st.first_inv is None else st.first_inv @ last
         res = FrameResult(
-            index=st.index, stream=s, timestamp=t, transform=prepared.transform, camera_to_world=rel,
+            index=st.index, stream=s, timestamp=t, transform=transform, camera_to_world=rel,
             camera_to_world_model=last.copy(), camera_to_base=self.config.camera_to_base,
-            points_camera=out.pts3d_in_self_view[j], confidence=out.conf_self[j], colour=prepared.colour[0],
-            update_rate=out.update_rate[j], intrinsics_input=k, was_reset=starts, chunk_index=st.chunk,
-            timings_ms={}, valid=False, focal_pixel_stride=self.config.focal_pixel_stride)
+            points_camera=out.pts3d_in_self_view[j], confidence=out.conf_self[j], colour=colour,
+            intrinsics_input=k, was_reset=starts, chunk_index=st.chunk,
+            timings_ms={}, valid=False, focal_pixel_stride=self.config.focal_pixel_stride, **extra)
         st.index += 1
         self.reset(s)
         self.invalid_frames += 1

@@ -163,6 +163,8 @@ def normalise_uint8_hwc(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
 
 
 PostProcess = Callable[[StepOutput, torch.Tensor], dict[str, torch.Tensor]]
+# raw uint8 [B, H_in, W_in, 3] frames -> (float [B, 3, H, W] model input, extra device outputs such as the colour)
+Prepare = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 class GraphedStep:
@@ -178,11 +180,16 @@ class GraphedStep:
     normalisation then runs inside the graph). `postprocess(out, images_as_given)` may add device tensors computed
     inside the graph (e.g. world points); they are returned by `step` as `extras`. Every returned tensor is a
     static buffer that the next call overwrites: copy what you keep.
+
+    `prepare` + `input_size=(H_in, W_in)`: the step takes raw uint8 [B, H_in, W_in, 3] frames and `prepare` (e.g.
+    the engine's resize/crop/normalise) runs inside the graph too; its extra outputs join `extras`. This takes the
+    ~15 small preprocessing kernels of a resized frame off the host's critical path (same kernels, same results).
     """
 
     def __init__(self, model: TTT3RModel, batch_size: int, height: int, width: int, update_rule: str = "ttt3r",
                  heads: Collection[str] = ("self",), uint8_input: bool = False,
-                 postprocess: Optional[PostProcess] = None, warmup_steps: int = 3) -> None:
+                 postprocess: Optional[PostProcess] = None, warmup_steps: int = 3,
+                 prepare: Optional[Prepare] = None, input_size: Optional[tuple[int, int]] = None) -> None:
         if model.device.type != "cuda":
             raise ValueError(f"GraphedStep needs a CUDA model, got one on {model.device}")
         self.model = model
@@ -190,8 +197,15 @@ class GraphedStep:
         self.heads = tuple(heads)
         self.uint8_input = uint8_input
         self.postprocess = postprocess
+        self.prepare = prepare
         device = model.device
-        if uint8_input:
+        if prepare is not None:
+            if input_size is None:
+                raise ValueError("GraphedStep: prepare needs input_size=(H_in, W_in) of the raw uint8 frames")
+            self.uint8_input = True
+            self.static_images = torch.zeros(batch_size, int(input_size[0]), int(input_size[1]), 3,
+                                             dtype=torch.uint8, device=device)
+        elif uint8_input:
             self.static_images = torch.zeros(batch_size, height, width, 3, dtype=torch.uint8, device=device)
         else:
             self.static_images = torch.zeros(batch_size, 3, height, width, dtype=model.dtype, device=device)
@@ -215,14 +229,21 @@ class GraphedStep:
             torch.cuda.synchronize(device)
 
     def _body(self) -> tuple[StepOutput, dict[str, torch.Tensor]]:
-        images = (normalise_uint8_hwc(self.static_images, self.model.dtype) if self.uint8_input
-                  else self.static_images)
+        pre_extras: dict[str, torch.Tensor] = {}
+        if self.prepare is not None:
+            images, pre_extras = self.prepare(self.static_images)
+        elif self.uint8_input:
+            images = normalise_uint8_hwc(self.static_images, self.model.dtype)
+        else:
+            images = self.static_images
         out, new_state = self.model.step(images, self._state, update_rule=self.update_rule,
                                          reset=self.static_reset, update=self.static_update, heads=self.heads)
         self._state.state.copy_(new_state.state)
         self._state.mem.copy_(new_state.mem)
         self._state.fresh.copy_(new_state.fresh)
-        extras = self.postprocess(out, self.static_images) if self.postprocess is not None else {}
+        extras = dict(pre_extras)
+        if self.postprocess is not None:
+            extras.update(self.postprocess(out, self.static_images))
         return out, extras
 
     def step(self, images: torch.Tensor, reset: Optional[torch.Tensor] = None,
