@@ -28,12 +28,13 @@ _WEIGHTS_DIR = Path(tempfile.mkdtemp(prefix="ttt3r_node_weights_"))
 
 
 def reference_dir() -> Path:
-    candidates = [os.environ.get("TTT3R_REFERENCE_DIR", ""), str(REPO.parent / "shared" / "reference"),
-                  "/work/shared/reference"]
-    for c in candidates:
-        if c and (Path(c) / "parity_tiny.json").is_file():
-            return Path(c)
-    pytest.skip("reference data (parity_tiny.json) not found: set TTT3R_REFERENCE_DIR or put it at ../shared/reference")
+    """Same rule as test/conftest.py: the folder of $TTT3R_PARITY_FILE, else <repo>/../shared/reference."""
+    parity_file = os.environ.get("TTT3R_PARITY_FILE")
+    folder = Path(parity_file).resolve().parent if parity_file else REPO.parent / "shared" / "reference"
+    if not (folder / "parity_tiny.json").is_file():
+        pytest.fail(f"reference data (parity_tiny.json) not found in {folder}: put it at <repo>/../shared/reference "
+                    "or set TTT3R_PARITY_FILE to its parity file")
+    return folder
 
 
 def tiny_config() -> Path:
