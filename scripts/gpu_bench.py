@@ -153,6 +153,21 @@ def stage_matrix(out: Path, rows: list[dict[str, Any]]) -> None:
     stage_baseline(out, rows)
 
 
+def stage_engine(out: Path, rows: list[dict[str, Any]]) -> None:
+    """What the node gets: StreamingReconstructor.step from a host uint8 frame, pose/depth/confidence/colour read on
+    the host every frame (map off), fast path vs the eager engine, plus the model step alone for comparison."""
+    engine = ["--engine", "--height", "384", "--width", "512", "--frames", "300", "--warmup", "10"]
+    for prec in ("bf16", "fp32"):
+        for in_w, in_h in ((640, 480), (512, 384)):
+            bench(out, f"engine_{prec}_in{in_w}x{in_h}", [*engine, "--precision", prec,
+                                                          "--input-width", str(in_w), "--input-height", str(in_h)],
+                  rows)
+    bench(out, "engine_bf16_in640x480_eager", [*engine, "--precision", "bf16", "--input-width", "640",
+                                               "--input-height", "480", "--frames", "60",
+                                               "--cuda-graphs", "off"], rows)
+    bench(out, "model_bf16_512x384_b1", _fast("bf16", 384, 512, 1, 300), rows)
+
+
 def stage_levers(out: Path, rows: list[dict[str, Any]]) -> None:
     """The default fast path (all levers, CUDA graph) with one lever taken away at a time, 512x384 batch 1."""
     bench(out, "lever_bf16_all", _fast("bf16", 384, 512, 1, 300), rows)
@@ -196,8 +211,8 @@ def stage_extra(out: Path, rows: list[dict[str, Any]]) -> None:
 
 def stage_gputests(out: Path, rows: list[dict[str, Any]]) -> None:
     """test/test_bench.py on the GPU: graph replay equals eager, the fast path keeps parity (fp32, TF32 off)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-s", "test/test_bench.py",
-           "-k", "graph_replay or fast_path or graphed_step", "-rs"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-s", "-rs", "test/test_bench.py",
+           "test/test_engine_fast_path.py", "test/test_engine_model_integration.py", "test/test_model_parity.py"]
     rc, text = _run(cmd, out, 300)
     summary = [ln for ln in text.splitlines() if " passed" in ln or " failed" in ln or "FAIL" in ln]
     _log(out, f"[gputests] rc={rc} " + " | ".join(summary[-6:]))
