@@ -165,7 +165,7 @@ def test_fast_path_uint8_frames_preprocessed_in_graph_equal_eager(vectors, monke
     fast_eng = _force_fast(StreamingReconstructor(model, **opts), monkeypatch)
     fast_res = run(fast_eng)
     assert fast_eng.fast_path_active
-    assert list(fast_eng._batched._runners) == [(1, 96, 128, "uint8")]  # one runner, raw-frame input
+    assert list(fast_eng._batched._fast.runners) == [(1, 96, 128, "uint8")]  # one runner, raw-frame input
     for e, f in zip(eager_res, fast_res):
         assert f.model_size == e.model_size == (48, 64)
         np.testing.assert_array_equal(f.camera_to_world_model, e.camera_to_world_model)
@@ -292,7 +292,7 @@ def test_engine_fast_path_uint8_frames_equal_eager_on_cuda(vectors) -> None:
                                                fast_path=False))
             fast_eng = StreamingReconstructor(fast_model, size=64, reset_interval=3, build_map=False)
             fast_res = run(fast_eng)
-            assert fast_eng.fast_path_active and list(fast_eng._batched._runners) == [(1, h, w, "uint8")], \
+            assert fast_eng.fast_path_active and list(fast_eng._batched._fast.runners) == [(1, h, w, "uint8")], \
                 fast_eng.fast_path_status
             for e, f in zip(eager, fast_res):
                 np.testing.assert_allclose(f.camera_to_world_model, e.camera_to_world_model, rtol=1e-5, atol=1e-5)

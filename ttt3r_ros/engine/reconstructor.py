@@ -31,7 +31,8 @@ single-stream case never copies), reset/update flags go through the runner's mas
 keeps on the device (self points, confidence, in-graph colour) are cloned, because the next replay overwrites
 the runner's buffers (pose, gate and the host arrays are copied out before any later replay). If a capture fails
 the engine warns once and runs that shape eagerly (``fast_path_active``/``fast_path_status`` say which path ran).
-On a CPU nothing changes: ``model.step`` eagerly.
+On a CPU nothing changes: ``model.step`` eagerly. The runners and their bookkeeping live in ``fast_runner``;
+``FrameResult`` in ``frame_result``.
 
 Synchronisation: ``step`` copies the [B,4,4] pose to the host once per call (chaining and the trajectory need it).
 Dense outputs stay on the model's device in the FrameResult until a property asks for them; each is copied once and
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
@@ -53,15 +53,14 @@ import numpy as np
 import torch
 
 from . import geometry
+from .fast_runner import MAX_GRAPH_RUNNERS, GraphRunners, HostCopies, RunnerKey  # noqa: F401  (re-exported)
+from .frame_result import FrameResult
 from .geometry import ResizeCrop
-from .preprocess import (Preprocessed, plan_resize_crop, preprocess, preprocess_torch, resize_matrices,
-                         validate_image)
+from .preprocess import Preprocessed, preprocess, preprocess_torch, validate_image
 from .voxel_map import VoxelMap
 
 UPDATE_RULE_NAMES = ("ttt3r", "cut3r")
 _log = logging.getLogger("ttt3r_ros.engine")
-# CUDA-graph runners kept per engine (one per batch size x model size); each holds its own graph memory pool.
-MAX_GRAPH_RUNNERS = 4
 
 
 @dataclass
@@ -157,162 +156,6 @@ def _model_device(model: Any) -> torch.device:
     return torch.device(dev)
 
 
-class FrameResult:
-    """One frame's outputs. Dense tensors stay on the model's device until asked for; host copies are cached.
-
-    Host-side properties (numpy): camera_to_world, camera_to_world_model, base_in_odom, intrinsics_model,
-    intrinsics_input, focal_model, depth, confidence, colour, points_camera, points_world, gate_mean/min/max.
-    Device tensors: ``tensor(name)`` for name in ('points_camera', 'points_world', 'depth', 'confidence',
-    'colour'). ``numpy(name)`` returns the cached host copy of any of those.
-    """
-
-    def __init__(self, *, index: int, stream: int, timestamp: float, transform: ResizeCrop,
-                 camera_to_world: np.ndarray, camera_to_world_model: np.ndarray, camera_to_base: np.ndarray,
-                 points_camera: torch.Tensor, confidence: torch.Tensor, colour: torch.Tensor,
-                 update_rate: torch.Tensor | None, intrinsics_input: np.ndarray | None, was_reset: bool,
-                 chunk_index: int,
-                 timings_ms: dict[str, float], valid: bool = True, focal_pixel_stride: int = 1,
-                 gate: torch.Tensor | None = None, host: dict[str, np.ndarray] | None = None,
-                 host_ready: Any = None) -> None:
-        self.index = index
-        self.stream = stream
-        self.timestamp = timestamp
-        self.transform = transform
-        self.camera_to_world = camera_to_world
-        self.camera_to_world_model = camera_to_world_model
-        self.was_reset = was_reset
-        self.chunk_index = chunk_index
-        self.timings_ms = timings_ms
-        self.valid = valid  # False: the network gave a non-finite pose (see BatchedReconstructor._invalid_frame)
-        self._camera_to_base = camera_to_base
-        self._tensors: dict[str, torch.Tensor] = {"points_camera": points_camera, "confidence": confidence,
-                                                  "colour": colour}
-        if gate is None and update_rate is not None:
-            gate = torch.stack([update_rate.float().mean(), update_rate.min().float(), update_rate.max().float()])
-        if gate is None and not (host and "gate" in host):
-            raise ValueError("FrameResult needs update_rate, gate or a host 'gate'")
-        self._gate = gate
-        # host copies: prefetched by the fast path (fresh pinned arrays, still being written until host_ready, a
-        # CUDA event, has completed), else made on first read
-        self._host: dict[str, np.ndarray] = dict(host) if host else {}
-        self._host_ready = host_ready
-        self._k_input_given = intrinsics_input
-        self._k_model: np.ndarray | None = None
-        self._focal_pixel_stride = focal_pixel_stride
-
-    # ---------------------------------------------------------------------------------------------- sizes
-    @property
-    def model_size(self) -> tuple[int, int]:
-        return self.transform.model_size
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self.transform.input_size
-
-    @property
-    def intrinsics_source(self) -> str:
-        return "calibrated" if self._k_input_given is not None else "estimated"
-
-    # ---------------------------------------------------------------------------------------------- poses
-    @property
-    def base_in_odom(self) -> np.ndarray:
-        """T_odom_base = T_base_cam @ T_cam0_camt @ inv(T_base_cam) (REP 103 body axes; identity at frame 0)."""
-        return geometry.odom_from_camera(self._camera_to_base, self.camera_to_world)
-
-    # ------------------------------------------------------------------------------------------ intrinsics
-    @property
-    def intrinsics_model(self) -> np.ndarray:
-        """3x3 at model resolution: the calibration mapped through resize/crop, or the reference estimate
-        (Weiszfeld focal on the self-view points, principal point (W//2, H//2))."""
-        if self._k_model is None:
-            if self._k_input_given is not None:
-                self._k_model = geometry.intrinsics_input_to_model(self._k_input_given, self.transform)
-            else:
-                h, w = self.model_size
-                pp = geometry.reference_principal_point(h, w)
-                focal = float(geometry.estimate_focal_weiszfeld(self._tensors["points_camera"], pp,
-                                                                pixel_stride=self._focal_pixel_stride))
-                self._k_model = geometry.intrinsics_matrix(focal, *pp)
-        return self._k_model
-
-    @property
-    def intrinsics_input(self) -> np.ndarray:
-        """3x3 at the input image's resolution (the given calibration, or the estimate mapped back)."""
-        if self._k_input_given is not None:
-            return self._k_input_given
-        return geometry.intrinsics_model_to_input(self.intrinsics_model, self.transform)
-
-    @property
-    def focal_model(self) -> float:
-        return float(self.intrinsics_model[0, 0])
-
-    # ----------------------------------------------------------------------------------------- dense maps
-    def tensor(self, name: str) -> torch.Tensor:
-        if name not in self._tensors:
-            if name == "depth":
-                self._tensors[name] = self._tensors["points_camera"][..., 2]
-            elif name == "points_world":
-                t = torch.as_tensor(self.camera_to_world, dtype=torch.float32,
-                                    device=self._tensors["points_camera"].device)
-                pc = self._tensors["points_camera"]
-                # one [N,3]x[3,3] GEMM (a broadcast [h,w,3] @ [3,3] is a slow batched matmul on CPU)
-                self._tensors[name] = torch.addmm(t[:3, 3], pc.reshape(-1, 3), t[:3, :3].T).reshape(pc.shape)
-            else:
-                raise KeyError(f"FrameResult has no tensor {name!r}; known: points_camera, points_world, depth, "
-                               f"confidence, colour")
-        return self._tensors[name]
-
-    def _wait_host(self) -> None:
-        if self._host_ready is not None:
-            self._host_ready.synchronize()
-            self._host_ready = None
-
-    def numpy(self, name: str) -> np.ndarray:
-        self._wait_host()
-        if name not in self._host:
-            self._host[name] = self.tensor(name).detach().cpu().numpy()
-        return self._host[name]
-
-    @property
-    def depth(self) -> np.ndarray:
-        return self.numpy("depth")
-
-    @property
-    def confidence(self) -> np.ndarray:
-        return self.numpy("confidence")
-
-    @property
-    def colour(self) -> np.ndarray:
-        return self.numpy("colour")
-
-    @property
-    def points_camera(self) -> np.ndarray:
-        return self.numpy("points_camera")
-
-    @property
-    def points_world(self) -> np.ndarray:
-        return self.numpy("points_world")
-
-    # ------------------------------------------------------------------------------------------------ gate
-    def _gate_host(self) -> np.ndarray:
-        self._wait_host()
-        if "gate" not in self._host:
-            self._host["gate"] = self._gate.cpu().numpy()
-        return self._host["gate"]
-
-    @property
-    def gate_mean(self) -> float:
-        return float(self._gate_host()[0])
-
-    @property
-    def gate_min(self) -> float:
-        return float(self._gate_host()[1])
-
-    @property
-    def gate_max(self) -> float:
-        return float(self._gate_host()[2])
-
-
 class Trajectory:
     """Timestamped camera-to-world poses, stored compactly (104 bytes per frame: float64 timestamp + 3x4 pose,
     ~11 MB per hour at 30 fps) so that hours of odometry stay cheap. Behaves like a read-only list of
@@ -365,7 +208,7 @@ class _Stream:
 
     def __init__(self, state: Any, cfg: EngineConfig) -> None:
         self.state = state  # None while a graph runner holds the latest state (see ``held_by``)
-        self.held_by: tuple[tuple[int, int, int, str], int] | None = None  # (runner key, slot)
+        self.held_by: tuple[RunnerKey, int] | None = None  # (runner key, slot) in fast_runner.GraphRunners
         self.index = 0
         self.chunk = 0
         self.base = np.eye(4)
@@ -375,36 +218,6 @@ class _Stream:
         self.trajectory = Trajectory()
         self.trajectory_model = Trajectory()
         self.voxel_map = VoxelMap(cfg.voxel_size, cfg.map_max_points)
-
-
-@dataclass
-class _KeptOutputs:
-    """The StepOutput fields the engine reads after a graph replay, copied out of the runner's static buffers."""
-    pts3d_in_self_view: torch.Tensor
-    conf_self: torch.Tensor
-    update_rate: torch.Tensor | None
-    c2w: torch.Tensor  # the runner's static buffer: read (copied to the host) before the next replay
-    gate: torch.Tensor  # [B, 3] mean/min/max of update_rate, computed inside the graph
-    host_sources: dict[str, torch.Tensor]  # static buffers copied to the host right after the replay
-    colour: torch.Tensor | None = None  # [B, h, w, 3] uint8 (cloned) where preprocessing ran inside the graph
-
-
-@dataclass
-class _HostCopies:
-    """One step's outputs copied asynchronously into fresh pinned host arrays (never reused while referenced:
-    torch's caching host allocator recycles a block only once its tensor is freed and its copy has finished)."""
-    pose: torch.Tensor  # [B, 4, 4] pinned host tensor, ready once pose_ready has completed
-    pose_ready: Any
-    arrays: dict[str, np.ndarray]  # name -> [B, ...]: depth, confidence, colour, gate
-    ready: Any
-
-
-def _engine_extras(out: Any, _images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Computed inside the engine's CUDA graph: what the node reads on the host every frame, contiguous, so the
-    host copies need no extra kernels. The gate's arithmetic is FrameResult's (same values)."""
-    u = out.update_rate.float()
-    gate = torch.stack([torch.stack([u[j].mean(), u[j].min(), u[j].max()]) for j in range(u.shape[0])])
-    return {"depth": out.pts3d_in_self_view[..., 2].contiguous(), "gate": gate}
 
 
 class BatchedReconstructor:
@@ -422,11 +235,8 @@ class BatchedReconstructor:
         self.num_streams = num_streams
         self.invalid_frames = 0
         self._streams = [self._new_stream() for _ in range(num_streams)]
-        # fast path: runner key (batch, H, W, input kind) -> GraphedStep, LRU order; which streams each runner's
-        # slots hold
-        self._runners: OrderedDict[tuple[int, int, int, str], Any] = OrderedDict()
-        self._runner_streams: dict[tuple[int, int, int, str], tuple[int, ...]] = {}
-        self._capture_failed: dict[tuple[int, int, int, str], str] = {}
+        # fast path: the GraphedStep runners and which stream states they hold (shares the list of streams)
+        self._fast = GraphRunners(model, self.config, self.device, self._streams)
         self._last_step_graphed: bool | None = None
         self._fast_path, self._fast_path_note = self._resolve_fast_path()
 
@@ -469,90 +279,11 @@ class BatchedReconstructor:
     def fast_path_status(self) -> str:
         """One line for logs/status: which path runs, with the levers, and shapes that fell back to eager."""
         note = self._fast_path_note
-        if self._capture_failed:
+        if self._fast.capture_failed:
             shapes = ", ".join(f"batch {b} {w}x{h}{' uint8 input' if kind == 'uint8' else ''}: {why}"
-                               for (b, h, w, kind), why in self._capture_failed.items())
+                               for (b, h, w, kind), why in self._fast.capture_failed.items())
             note += f"; eager for {shapes}"
         return note
-
-    def _graph_runner(self, key: tuple[int, int, int, str]) -> Any:
-        """The GraphedStep for (batch, H, W, kind), captured on first use; None where capture failed (eager then).
-        kind 'float': model-size normalised images in; 'uint8': raw frames of H x W in, preprocessing in the graph."""
-        if key in self._capture_failed:
-            return None
-        runner = self._runners.get(key)
-        if runner is not None:
-            self._runners.move_to_end(key)
-            return runner
-        from ttt3r_ros.model.fast import GraphedStep
-
-        if len(self._runners) >= MAX_GRAPH_RUNNERS:
-            self._drop_runner(next(iter(self._runners)))
-        batch, h, w, kind = key
-        t0 = time.perf_counter()
-        try:
-            if kind == "uint8":
-                runner = GraphedStep(self.model, batch, *plan_resize_crop(h, w, self.config.size).model_size,
-                                     update_rule=self.config.update_rule, heads=("self",),
-                                     postprocess=_engine_extras, prepare=self._graph_prepare(h, w), input_size=(h, w))
-            else:
-                runner = GraphedStep(self.model, batch, h, w, update_rule=self.config.update_rule, heads=("self",),
-                                     postprocess=_engine_extras)
-        except Exception as exc:  # e.g. an op that cannot be captured: run this shape eagerly, say so once
-            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            self._capture_failed[key] = why
-            _log.warning("ttt3r engine: CUDA-graph capture failed for batch %d at %dx%d (%s input; %s); this "
-                         "shape runs eagerly (slower)", batch, w, h, kind, why)
-            return None
-        _log.info("ttt3r engine: captured the CUDA graph for batch %d at %dx%d (%s input) in %.1f s (first frame "
-                  "of this shape; includes compilation)", batch, w, h, kind, time.perf_counter() - t0)
-        self._runners[key] = runner
-        self._runner_streams[key] = ()
-        return runner
-
-    def _graph_prepare(self, h: int, w: int) -> Any:
-        """The in-graph preprocessing of raw uint8 h x w frames: preprocess_torch (bit-identical to the eager
-        engine's on-device path). The closure holds the resize matrices the graph reads."""
-        size, precision = self.config.size, self.config.preprocess_precision
-        matrices = resize_matrices(h, w, size, self.device, precision)
-
-        def prepare(frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            assert matrices is not None  # kept alive with the graph
-            p = preprocess_torch(frames, size, precision=precision)
-            return p.images, {"colour": p.colour}
-        return prepare
-
-    def _drop_runner(self, key: tuple[int, int, int, str]) -> None:
-        for j, s in enumerate(self._runner_streams.pop(key, ())):
-            if self._streams[s].held_by == (key, j):
-                self._state_of(s)
-        del self._runners[key]
-
-    def _state_of(self, s: int) -> Any:
-        """Stream s's latest state as its own tensors (copied out of the graph runner that holds it, if one does)."""
-        st = self._streams[s]
-        if st.held_by is not None:
-            key, slot = st.held_by
-            st.state = self._runners[key].state.select(slot).clone()
-            st.held_by = None
-        return st.state
-
-    def _load_runner(self, key: tuple[int, int, int, str], idx: list[int]) -> Any:
-        """Make the runner's static state hold the latest state of streams idx (slot j = idx[j]); no copy when it
-        already does."""
-        runner = self._runners[key]
-        if all(self._streams[s].held_by == (key, j) for j, s in enumerate(idx)):
-            return runner
-        for j, s in enumerate(self._runner_streams[key]):  # states that live only in this runner: save them first
-            if self._streams[s].held_by == (key, j):
-                self._state_of(s)
-        states = [self._state_of(s) for s in idx]
-        runner.load_state(states[0] if len(states) == 1 else type(states[0]).stack(states))
-        for j, s in enumerate(idx):
-            self._streams[s].state = None
-            self._streams[s].held_by = (key, j)
-        self._runner_streams[key] = tuple(idx)
-        return runner
 
     # ------------------------------------------------------------------------------------------ accessors
     def trajectory_of(self, stream: int = 0) -> Trajectory:
@@ -633,14 +364,14 @@ class BatchedReconstructor:
         if self._fast_path:
             hw = images.shape[1:3] if kind == "uint8" else images.shape[-2:]
             key = (len(idx), int(hw[0]), int(hw[1]), kind)
-            if self._graph_runner(key) is not None:
+            if self._fast.runner(key) is not None:
                 self._last_step_graphed = True
-                return self._run_graphed(key, images, idx, reset, update, keep_outputs)
+                return self._fast.run(key, images, idx, reset, update, keep_outputs)
         self._last_step_graphed = False
         if kind == "uint8":
             images = preprocess_torch(images.to(self.device), self.config.size,
                                       precision=self.config.preprocess_precision).images
-        states = [self._state_of(s) for s in idx]
+        states = [self._fast.state_of(s) for s in idx]
         state = states[0] if len(states) == 1 else type(states[0]).stack(states)
         kw: dict[str, Any] = {}
         if reset is not None and any(reset):
@@ -651,84 +382,6 @@ class BatchedReconstructor:
         for j, s in enumerate(idx):
             self._streams[s].state = new_state if len(idx) == 1 else new_state.select(j)
         return out
-
-    def _run_graphed(self, key: tuple[int, int, int, str], images: torch.Tensor, idx: list[int],
-                     reset: list[bool] | None, update: list[bool] | None, keep_outputs: bool) -> Any:
-        runner = self._load_runner(key, idx)
-        # host masks: the runner copies them into its static mask buffers (None: zero_/fill_, no upload)
-        reset_mask = torch.tensor(reset, dtype=torch.bool) if reset is not None and any(reset) else None
-        update_mask = torch.tensor(update, dtype=torch.bool) if update is not None and not all(update) else None
-        out = runner.step(images, reset=reset_mask, update=update_mask)
-        if not keep_outputs:
-            return None
-        extras = runner.extras
-        sources = {"depth": extras["depth"], "confidence": out.conf_self, "gate": extras["gate"]}
-        colour = None
-        if "colour" in extras:
-            sources["colour"] = extras["colour"]
-            colour = extras["colour"].clone()
-        # the next replay overwrites the runner's outputs: clone (on the device) what FrameResult keeps there;
-        # the host copies (step_batch) read the static buffers before any later replay (same stream)
-        return _KeptOutputs(out.pts3d_in_self_view.clone(), out.conf_self.clone(), None, out.c2w, extras["gate"],
-                            sources, colour)
-
-    def _raw_batch(self, images: Sequence[Any], n: int) -> tuple[torch.Tensor, ResizeCrop] | None:
-        """Fast path, uint8 frames of one size, preprocessing on the device: the frames as one raw [n,H,W,3]
-        batch (numpy frames copied into a fresh pinned buffer, uploaded asynchronously by the runner) for the
-        runner that preprocesses inside its graph. None: the per-frame route (_prepare) instead."""
-        if not self._fast_path:
-            return None
-        on_device = self.config.preprocess_on_device
-        if not (self.device.type == "cuda" if on_device is None else on_device):
-            return None
-        if not all(isinstance(im, np.ndarray) or (isinstance(im, torch.Tensor) and not im.is_floating_point())
-                   for im in images):
-            return None
-        for j, im in enumerate(images):
-            what = "image" if n == 1 else f"image[{j}]"
-            validate_image(im, what)
-            if im.ndim != 3:
-                raise ValueError(f"{what}: expected one HxWx3 image, got shape {tuple(im.shape)}")
-        shapes = {tuple(int(d) for d in im.shape) for im in images}
-        if len(shapes) != 1:
-            return None
-        h, w, _ = shapes.pop()
-        try:
-            transform = plan_resize_crop(h, w, self.config.size)
-        except ValueError as exc:
-            raise ValueError(f"{'image' if n == 1 else 'images'}: {exc}") from None
-        if self._graph_runner((n, h, w, "uint8")) is None:
-            return None
-        if all(isinstance(im, np.ndarray) for im in images):
-            raw = torch.empty((n, h, w, 3), dtype=torch.uint8, pin_memory=self.device.type == "cuda")
-            raw_np = raw.numpy()
-            for j, im in enumerate(images):
-                raw_np[j] = im
-        else:
-            raw = torch.stack([torch.as_tensor(im).to(self.device) for im in images])
-        return raw, transform
-
-    def _event(self) -> Any:
-        if self.device.type != "cuda":
-            return None
-        event = torch.cuda.Event()
-        event.record()
-        return event
-
-    def _copy_to_host(self, out: _KeptOutputs) -> _HostCopies:
-        """Asynchronous device->host copies of what the node reads every frame, into fresh pinned arrays: the pose
-        first (its event is the step's one wait), then depth, confidence, colour and gate (waited for on read)."""
-        pin = self.device.type == "cuda"
-
-        def fresh(src: torch.Tensor) -> torch.Tensor:
-            dst = torch.empty(src.shape, dtype=src.dtype, pin_memory=pin)
-            dst.copy_(src, non_blocking=pin)
-            return dst
-
-        pose = fresh(out.c2w)
-        pose_ready = self._event()
-        arrays = {name: fresh(src).numpy() for name, src in out.host_sources.items()}
-        return _HostCopies(pose, pose_ready, arrays, self._event())
 
     def step_batch(self, images: Sequence[Any], timestamps: Sequence[float],
                    intrinsics: Sequence[Any] | None = None, streams: Sequence[int] | None = None,
@@ -755,7 +408,7 @@ class BatchedReconstructor:
             raise ValueError(f"update_state: {len(updates)} flags for {n} streams")
 
         with torch.inference_mode():  # a first frame captures the runner here, as _run_model would
-            raw = self._raw_batch(images, n)
+            raw = self._fast.raw_batch(images, n) if self._fast_path else None
         if raw is not None:  # fast path: resize/crop/normalise run inside the runner's CUDA graph
             batch, transform = raw
             kind = "uint8"
@@ -779,13 +432,13 @@ class BatchedReconstructor:
         starts = [self._streams[s].starts_chunk for s in idx]
         with torch.inference_mode():
             out = self._run_model(batch, idx, flagged, updates, kind=kind)
-            host: _HostCopies | None = None
+            host: HostCopies | None = None
             if self._last_step_graphed:
                 if colours is None:
                     colours = out.colour
                 else:
                     out.host_sources["colour"] = colours
-                host = self._copy_to_host(out)  # issued before the re-run below replays over the static outputs
+                host = self._fast.copy_to_host(out)  # issued before the re-run below replays over the static outputs
             if any(flagged):
                 # the flagged frame is run again as the first view of the new chunk; its output is dropped
                 sub = [j for j in range(n) if flagged[j]]
