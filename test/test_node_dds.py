@@ -284,8 +284,14 @@ def test_keep_latest_drops_frames_under_load_and_reports_them(live: Session) -> 
 def test_bad_input_keeps_node_processing(live: Session) -> None:
     pub = live.image_pub  # type: ignore[attr-defined]
     info_pub = live.info_pub  # type: ignore[attr-defined]
-    before = live.latest_status()
     good = FRAMES[0]
+    # Start from a node that has processed a good frame (camera mount known from /tf_static, a status to compare
+    # with), so the test does not depend on which tests ran before it.
+    first_stamp = round(time.time(), 6)
+    pub.publish(h.image_msg(good, first_stamp, "camera_optical"))
+    live.wait(lambda: live.odom_for(first_stamp) is not None, 15, "a good frame before the bad input")
+    live.wait(lambda: h.stamp_s(live.latest_status().header) == first_stamp, 5, "status of that frame")
+    before = live.latest_status()
     t = time.time()
     bad_encoding = h.image_msg(good, t, "camera_optical")
     bad_encoding.encoding = "yuv422"
@@ -299,10 +305,14 @@ def test_bad_input_keeps_node_processing(live: Session) -> None:
     nan_info = h.camera_info_msg(K_IN, IN_H, IN_W, t, "camera_optical")
     nan_info.k[0] = float("nan")
     unmounted = h.image_msg(good, t + 0.003, "unmounted_optical")   # no base_link -> unmounted_optical in TF
-    for bad, info in ((bad_encoding, zeros_info), (short, skewed_info), (empty, zeros_info), (unmounted, zeros_info)):
+    cases = ((bad_encoding, zeros_info, "yuv422"), (short, skewed_info, "data length"),
+             (empty, zeros_info, "zero-sized"), (unmounted, zeros_info, "no transform base_link -> unmounted_optical"))
+    for bad, info, logged in cases:
+        seen = live.log.read_text(errors="replace").count(logged)
         info_pub.publish(info)
         pub.publish(bad)
-        time.sleep(0.15)          # keep-latest: let the worker take each one
+        # keep-latest would let a later frame replace this one while the worker is busy: wait until it is rejected
+        live.wait(lambda: live.log.read_text(errors="replace").count(logged) > seen, 10, f"rejection: {logged}")
     info_pub.publish(nan_info)
     time.sleep(0.1)
     good_stamp = round(time.time(), 6)
