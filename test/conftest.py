@@ -62,6 +62,16 @@ def reference_dir() -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def parity_file(reference_dir: Path) -> Path:
+    """The parity vector file: $TTT3R_PARITY_FILE, else parity_tiny.safetensors in the reference folder."""
+    configured = os.environ.get("TTT3R_PARITY_FILE")
+    path = Path(configured) if configured else reference_dir / "parity_tiny.safetensors"
+    if not path.is_file():
+        pytest.fail(f"parity vector file {path} not found (set TTT3R_PARITY_FILE or provide ../shared/reference)")
+    return path
+
+
 @pytest.fixture
 def ros_env() -> dict[str, str]:
     env = dict(os.environ)

@@ -8,7 +8,6 @@ frame. On a GPU the real GraphedStep (fp32, TF32 off) must match fast_path=False
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,8 @@ parity = pytest.importorskip("ttt3r_ros.model.parity", reason="ttt3r_ros.model.p
 
 
 @pytest.fixture(scope="module")
-def vectors(reference_dir: Path):
-    configured = os.environ.get("TTT3R_PARITY_FILE")
-    path = Path(configured) if configured else reference_dir / "parity_tiny.safetensors"
-    if not path.is_file():
-        pytest.fail(f"parity vector file {path} not found")
-    return parity.load_parity_vectors(path)
+def vectors(parity_file: Path):
+    return parity.load_parity_vectors(parity_file)
 
 
 def _frames(vectors) -> list[torch.Tensor]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,6 @@ from safetensors import safe_open
 
 from ttt3r_ros.engine import geometry
 from ttt3r_ros.engine.synthetic import _rot_xyz
-
-
-def parity_path(reference_dir: Path) -> Path:
-    configured = os.environ.get("TTT3R_PARITY_FILE")
-    path = Path(configured) if configured else reference_dir / "parity_tiny.safetensors"
-    if not path.is_file():
-        pytest.fail(f"parity vector file {path} not found (set TTT3R_PARITY_FILE or provide ../shared/reference)")
-    return path
 
 
 def load_vectors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -58,8 +49,8 @@ def test_quaternion_orders_and_matrix_round_trip():
     assert np.allclose(geometry.matrix_to_quat_xyzw(rz), [0, 0, np.sqrt(0.5), np.sqrt(0.5)])
 
 
-def test_pose7_matches_parity_c2w(reference_dir):
-    tensors, meta = load_vectors(parity_path(reference_dir))
+def test_pose7_matches_parity_c2w(parity_file):
+    tensors, meta = load_vectors(parity_file)
     pose7 = tensors["ttt3r/camera_pose"].double().numpy()
     c2w = tensors["ttt3r/c2w"].double().numpy()
     assert np.allclose(geometry.pose7_wxyz_to_matrix(pose7), c2w, atol=1e-6)
@@ -102,8 +93,8 @@ def test_se3_inverse():
 
 
 # ------------------------------------------------------------------------------------------- focal_check
-def test_focal_estimator_matches_reference_focal_check(reference_dir):
-    tensors, meta = load_vectors(parity_path(reference_dir))
+def test_focal_estimator_matches_reference_focal_check(parity_file):
+    tensors, meta = load_vectors(parity_file)
     pts = tensors["focal_check/pts3d"]
     ref = tensors["focal_check/focal_weiszfeld"]
     tol = meta["tolerances"]["focal_check/focal_weiszfeld"]
@@ -151,8 +142,8 @@ def _weiszfeld_transcription(pts, pp, iterations=10):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_focal_estimator_is_bit_identical_to_the_plain_transcription(reference_dir, dtype):
-    tensors, _ = load_vectors(parity_path(reference_dir))
+def test_focal_estimator_is_bit_identical_to_the_plain_transcription(parity_file, dtype):
+    tensors, _ = load_vectors(parity_file)
     g = torch.Generator().manual_seed(3)
     cases = [tensors["focal_check/pts3d"].to(dtype)]
     for h, w in [(48, 64), (37, 51), (96, 128)]:
@@ -188,8 +179,8 @@ def test_focal_pixel_stride_is_an_approximation_on_true_pixel_coordinates():
 
 
 # ------------------------------------------------------------------------------------------ demo chaining
-def test_demo_chaining_matches_stored_demo_c2w_chained(reference_dir):
-    tensors, meta = load_vectors(parity_path(reference_dir))
+def test_demo_chaining_matches_stored_demo_c2w_chained(parity_file):
+    tensors, meta = load_vectors(parity_file)
     c2w = tensors["ttt3r_reset/c2w"].double().numpy()
     flags = tensors["ttt3r_reset/reset_flag"].numpy()
     kept, chained = geometry.chain_demo_poses(c2w, flags)

@@ -6,7 +6,6 @@ pre-normalised float tensors. The engine's chained poses must equal the referenc
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +17,12 @@ from ttt3r_ros.engine import BatchedReconstructor, StreamingReconstructor, geome
 parity = pytest.importorskip("ttt3r_ros.model.parity", reason="ttt3r_ros.model.parity not available")
 
 
-def _vectors(reference_dir: Path):
-    configured = os.environ.get("TTT3R_PARITY_FILE")
-    path = Path(configured) if configured else reference_dir / "parity_tiny.safetensors"
-    if not path.is_file():
-        pytest.fail(f"parity vector file {path} not found")
-    return parity.load_parity_vectors(path)
+
 
 
 @pytest.fixture(scope="module")
-def vectors(reference_dir):
-    return _vectors(reference_dir)
+def vectors(parity_file):
+    return parity.load_parity_vectors(parity_file)
 
 
 @pytest.fixture(scope="module")
