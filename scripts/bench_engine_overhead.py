@@ -22,11 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "test"))  # the stand-in network lives in the tests' support package
 
+from support.oracle import OracleNetwork  # noqa: E402
 from ttt3r_ros.engine import StreamingReconstructor, geometry  # noqa: E402
 from ttt3r_ros.engine.preprocess import preprocess_pil  # noqa: E402
-from ttt3r_ros.engine.synthetic import BoxRoom, OracleNetwork, camera_path, pinhole  # noqa: E402
+from ttt3r_ros.engine.synthetic import BoxRoom, camera_path, pinhole  # noqa: E402
 
 
 class TimedNetwork:

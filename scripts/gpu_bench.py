@@ -36,6 +36,7 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
+    env["TTT3R_REQUIRE_REFERENCE"] = "1"  # the GPU parity tests must fail, not skip, when .gpuref/ is missing
     return env
 
 

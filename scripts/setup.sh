@@ -71,35 +71,21 @@ else
 fi
 
 # --- 3. interfaces built with the pip rosidl/ament into the venv prefix -------------------------------------------
-# The wheels' exported CMake targets name the interpreter of the manylinux image they were built in; point them at
-# this venv. Idempotent: once rewritten, grep finds nothing. Re-run after every pip step (pip may rewrite files).
-PYINC=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
-NPINC=$("$VENV/bin/python" -c "import numpy; print(numpy.get_include())")
-{ grep -rlF /opt/python/cp311-cp311 "$VENV/share" --include='*.cmake' 2>/dev/null || true; } | xargs -r sed -i \
-  -e "s#/opt/python/cp311-cp311/include/python3.11#$PYINC#g" \
-  -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$NPINC#g"
-if grep -rqF /opt/python/cp311-cp311 "$VENV/share" --include='*.cmake' 2>/dev/null; then
-  die "unpatched /opt/python/cp311-cp311 paths remain in $VENV/share (new wheel layout?)"
-fi
+# The build steps live in scripts/ros_interfaces.sh, shared with scripts/device_ros_env.sh (the GPU machine).
+source "$REPO/scripts/ros_interfaces.sh"
+# Re-run after every pip step (pip may rewrite the wheels' CMake files); idempotent.
+ros_patch_wheel_cmake_paths "$VENV" "$VENV/bin/python" || die "patching the wheels' CMake paths failed"
 
 build_interfaces() {  # build_interfaces NAME SOURCE_DIR [cmake args...]: configure, build, install into $VENV
   local name=$1 src=$2; shift 2
   local build="$VENV/.ttt3r_setup/build/$name" logfile="$VENV/.ttt3r_setup/build_$name.log"
   local inputs; inputs=$(find "$src/CMakeLists.txt" "$src/package.xml" "$src/msg" "$src/srv" -type f 2>/dev/null | sort)
-  local h; h=$( { hash_inputs $inputs "$PIP_HASH_FILE"; echo "$INTERFACE_BUILD_RECIPE $*"; } | sha256sum | cut -d' ' -f1)
+  local h; h=$( { hash_inputs $inputs "$PIP_HASH_FILE" "$REPO/scripts/ros_interfaces.sh"
+                  echo "$INTERFACE_BUILD_RECIPE $*"; } | sha256sum | cut -d' ' -f1)
   if stamp_ok "interfaces_$name" "$h"; then log "interfaces $name: up to date (stamp)"; return 0; fi
   log "interfaces $name: cmake configure + build + install into $VENV (log: $logfile)"
-  mkdir -p "$build"
-  # PATH first so the generators run under the venv python; AMENT_PREFIX_PATH/CMAKE_PREFIX_PATH = the venv, the
-  # only ament prefix on this machine. Installing into the venv prefix means no extra env vars at run time.
-  if ! { PATH="$VENV/bin:$PATH" AMENT_PREFIX_PATH="$VENV" cmake -S "$src" -B "$build" \
-          -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_PREFIX_PATH="$VENV" -DBUILD_TESTING=OFF \
-          -DPython3_EXECUTABLE="$VENV/bin/python" "$@" \
-        && PATH="$VENV/bin:$PATH" cmake --build "$build" -j"$(nproc)" \
-        && cmake --install "$build"; } > "$logfile" 2>&1; then
-    tail -n 40 "$logfile" >&2
-    die "building $name failed (full log: $logfile)"
-  fi
+  # Installing into the venv prefix means no extra env vars at run time.
+  ros_cmake_install "$src" "$build" "$VENV" "$VENV/bin/python" "$logfile" "$@" || die "building $name failed"
   stamp_write "interfaces_$name" "$h"
 }
 PIP_HASH_FILE="$VENV/.ttt3r_setup/pip"
@@ -109,47 +95,7 @@ build_interfaces ttt3r_ros "$REPO" -DTTT3R_INSTALL_PYTHON_PACKAGE=OFF
 
 # --- 4. Fast DDS profile and env file -----------------------------------------------------------------------------
 PROFILE="$VENV/share/ttt3r_ros_dev/fastdds_localhost_shm.xml"
-mkdir -p "$(dirname "$PROFILE")"
-cat > "$PROFILE.tmp" <<'EOF'
-<?xml version="1.0" encoding="UTF-8" ?>
-<!-- Written by scripts/setup.sh. Discovery by unicast to 127.0.0.1 only (no multicast out of any NIC); data over
-     shared memory with a 16 MiB segment: the rmw's default 512 KiB segment cannot hold one 640x480 rgb8 image,
-     which then travels as UDP fragments (about 12 ms instead of 2 ms per image). -->
-<dds xmlns="http://www.eprosima.com">
-  <profiles>
-    <transport_descriptors>
-      <transport_descriptor>
-        <transport_id>shm_16mib</transport_id>
-        <type>SHM</type>
-        <segment_size>16777216</segment_size>
-      </transport_descriptor>
-      <transport_descriptor>
-        <transport_id>udp_loopback</transport_id>
-        <type>UDPv4</type>
-        <maxInitialPeersRange>32</maxInitialPeersRange>
-      </transport_descriptor>
-    </transport_descriptors>
-    <participant profile_name="ttt3r_localhost_shm" is_default_profile="true">
-      <rtps>
-        <useBuiltinTransports>false</useBuiltinTransports>
-        <userTransports>
-          <transport_id>shm_16mib</transport_id>
-          <transport_id>udp_loopback</transport_id>
-        </userTransports>
-        <builtin>
-          <metatrafficUnicastLocatorList>
-            <locator><udpv4><address>127.0.0.1</address></udpv4></locator>
-          </metatrafficUnicastLocatorList>
-          <initialPeersList>
-            <locator><udpv4><address>127.0.0.1</address></udpv4></locator>
-          </initialPeersList>
-        </builtin>
-      </rtps>
-    </participant>
-  </profiles>
-</dds>
-EOF
-mv "$PROFILE.tmp" "$PROFILE"
+ros_write_fastdds_profile "$PROFILE"
 
 cat > "$VENV/ros_env.sh.tmp" <<EOF
 # Written by scripts/setup.sh. Source it for an interactive shell with ROS 2 from the venv:

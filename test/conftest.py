@@ -6,7 +6,9 @@ the venv's Fast DDS profile is used when scripts/setup.sh wrote one, and rcl log
 
 Fixtures for other test files:
   repo_root       the repository root (Path)
-  reference_dir   the parity/reference data folder: $TTT3R_PARITY_FILE's folder, else <repo>/../shared/reference
+  parity_file, tiny_config_file
+                  reference data files (reference_data.py owns the lookup rule): the test is skipped when the file is
+                  missing, and fails instead when TTT3R_REQUIRE_REFERENCE=1 (as .ci/run sets)
   ros_env         a fresh dict of environment variables for subprocesses that use rclpy
   ros_scripts     starts Python scripts as separate processes with ros_env and a hard timeout:
                       proc = ros_scripts.start(path, "--arg", timeout_s=20)   # returns at once
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+import reference_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FASTDDS_PROFILE = Path(sys.prefix) / "share" / "ttt3r_ros_dev" / "fastdds_localhost_shm.xml"
@@ -53,23 +57,15 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    parity_file = os.environ.get("TTT3R_PARITY_FILE")
-    folder = Path(parity_file).resolve().parent if parity_file else REPO_ROOT.parent / "shared" / "reference"
-    if not folder.is_dir():
-        pytest.fail(f"reference data folder {folder} does not exist: put the reference data (parity_tiny.json, "
-                    f"SPEC.md, ...) at <repo>/../shared/reference or set TTT3R_PARITY_FILE to its parity file")
-    return folder
+def parity_file() -> Path:
+    """The parity vector file; skips or fails when it is missing (reference_data.py)."""
+    return reference_data.parity_file()
 
 
 @pytest.fixture(scope="session")
-def parity_file(reference_dir: Path) -> Path:
-    """The parity vector file: $TTT3R_PARITY_FILE, else parity_tiny.safetensors in the reference folder."""
-    configured = os.environ.get("TTT3R_PARITY_FILE")
-    path = Path(configured) if configured else reference_dir / "parity_tiny.safetensors"
-    if not path.is_file():
-        pytest.fail(f"parity vector file {path} not found (set TTT3R_PARITY_FILE or provide ../shared/reference)")
-    return path
+def tiny_config_file() -> Path:
+    """parity_tiny.json, the tiny model configuration; skips or fails when it is missing (reference_data.py)."""
+    return reference_data.tiny_config_file()
 
 
 @pytest.fixture

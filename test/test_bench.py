@@ -7,26 +7,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+import reference_data
 from ttt3r_ros import bench, cli
-
-REPO = Path(__file__).resolve().parents[1]
+from ttt3r_ros.engine.preprocess import normalise_uint8
 
 
 def _tiny_config() -> str:
-    """The tiny configuration: the parity vectors' JSON beside TTT3R_PARITY_FILE, else ../shared/reference."""
-    parity = os.environ.get("TTT3R_PARITY_FILE")
-    candidates = [Path(parity).with_suffix(".json")] if parity else []
-    candidates.append(REPO.parent / "shared" / "reference" / "parity_tiny.json")
-    for path in candidates:
-        if path.is_file():
-            return str(path)
-    pytest.skip(f"tiny model config not found (looked at {', '.join(map(str, candidates))})")
+    """The tiny configuration parity_tiny.json (test/reference_data.py finds it, or skips/fails the test)."""
+    return str(reference_data.tiny_config_file())
 
 
 def _run_cli(capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
@@ -105,7 +98,7 @@ def test_node_outputs_are_world_points_depth_and_colours() -> None:
     assert not torch.equal(frames[0], frames[1]) and not torch.equal(frames[0, 0], frames[0, 1])
     with torch.inference_mode():
         state = model.initial_state(batch_size=2)
-        out, _ = model.step(bench.normalise_uint8(frames[0], torch.float32), state, heads=("self",))
+        out, _ = model.step(normalise_uint8(frames[0]), state, heads=("self",))
         outputs = bench.node_outputs(out, frames[0])
     pts = out.pts3d_in_self_view
     assert torch.equal(outputs["depth"], pts[..., 2])
@@ -119,7 +112,7 @@ def test_node_outputs_are_world_points_depth_and_colours() -> None:
 
 def test_normalise_uint8_matches_reference_formula() -> None:
     frame = torch.tensor([[[[0, 128, 255]]]], dtype=torch.uint8)  # [1, 1, 1, 3]
-    x = bench.normalise_uint8(frame, torch.float32)
+    x = normalise_uint8(frame)
     assert x.shape == (1, 3, 1, 1)
     expected = (torch.tensor([0.0, 128.0, 255.0]) / 255.0 - 0.5) / 0.5
     torch.testing.assert_close(x.flatten(), expected)
@@ -169,23 +162,37 @@ def test_graph_replay_equals_eager_steps_on_cuda() -> None:
 
 
 def test_reference_style_attention_materialises_logits_and_reproduces_the_gate() -> None:
-    """The baseline's explicit attention must compute the same function: its gate from the materialised logits
-    equals the model's q . mean(k) gate, and its outputs equal the fused-attention path's."""
+    """The baseline runs the decoders' attention explicitly (logits materialised, the gate averaged from them) and
+    the encoder's through SDPA, only during its step; it computes the same function as the fused path: same gate
+    (within float rounding) and depth."""
     opts = _options(baseline="reference", precision="fp32")
     model = bench.build_bench_model(opts)
     frames = bench.synthetic_frames(3, 1, 48, 64, seed=5)
+    seen: dict[str, list[str]] = {"decoder": [], "state_cross": [], "encoder": []}
+    hooks = [module.register_forward_pre_hook(lambda m, _, key=key: seen[key].append(m.attention_impl))
+             for key, module in (("decoder", model.dec_blocks[0].attn),
+                                 ("state_cross", model.dec_blocks_state[-1].cross_attn),
+                                 ("encoder", model.enc_blocks[0].attn))]
     with torch.inference_mode():
         reference = bench.ReferenceStepper(model, opts, torch.float32)
         fast_opts = _options(precision="fp32", heads="all")
         fast = bench.EagerStepper(model, fast_opts, torch.float32)
+        sdpa_state = model.initial_state(1)
         for i in range(3):
             ref_host = reference(frames[i])
-            torch.testing.assert_close(ref_host["gate_from_logits"], ref_host["gate"], rtol=0, atol=2e-6)
+            assert seen == {"decoder": ["explicit"], "state_cross": ["explicit"], "encoder": ["sdpa"]}, seen
+            for calls in seen.values():
+                calls.clear()
             fast_host = fast(frames[i])
+            sdpa_out, sdpa_state = model.step(normalise_uint8(frames[i]), sdpa_state)
+            assert seen == {key: ["sdpa", "sdpa"] for key in seen}, seen  # both steps fused
+            for calls in seen.values():
+                calls.clear()
+            torch.testing.assert_close(ref_host["gate"], sdpa_out.gate.cpu(), rtol=0, atol=2e-6)
             torch.testing.assert_close(fast_host["depth"], ref_host["pts3d_in_self_view"][..., 2],
                                        rtol=1e-4, atol=1e-5)
-    from ttt3r_ros.model import blocks
-    assert blocks.F is torch.nn.functional  # the shim is removed after each step
+    for hook in hooks:
+        hook.remove()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fast path is CUDA-only (no CUDA GPU here)")
@@ -195,8 +202,7 @@ def test_fast_path_keeps_parity_on_cuda() -> None:
     from ttt3r_ros.model import parity
     from ttt3r_ros.model.fast import PARITY_SAFE_LEVERS, enable_fast_path
 
-    path = Path(_tiny_config()).with_suffix(".safetensors")
-    vectors = parity.load_parity_vectors(path)
+    vectors = parity.load_parity_vectors(reference_data.parity_file())
     with bench.tf32_mode(False):
         model = parity.build_parity_model(vectors, "cuda")
         assert set(enable_fast_path(model, PARITY_SAFE_LEVERS)) == set(PARITY_SAFE_LEVERS)
@@ -235,7 +241,7 @@ def test_graphed_step_follows_eager_steps_through_reset_and_update_masks() -> No
         runner = GraphedStep(model, 2, 48, 64, heads=("self",))
         state = model.initial_state(batch_size=2)
         for i in range(5):
-            images = bench.normalise_uint8(frames[i], torch.float32)
+            images = normalise_uint8(frames[i])
             reset = torch.tensor(resets[i], device="cuda")
             update = torch.tensor(updates[i], device="cuda")
             eager, state = model.step(images, state, reset=reset, update=update, heads=("self",))

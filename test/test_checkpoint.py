@@ -31,18 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 N_ALIASES = 12  # 4 per DPT adapter, 3 adapters (SPEC §1.4)
 
 
-def reference_dir() -> Path:
-    """Same rule as the parity test: the folder of TTT3R_PARITY_FILE, else <repo>/../shared/reference."""
-    parity = os.environ.get("TTT3R_PARITY_FILE")
-    return Path(parity).resolve().parent if parity else (REPO.parent / "shared" / "reference").resolve()
-
-
 @pytest.fixture(scope="module")
-def tiny_config():
-    path = reference_dir() / "parity_tiny.json"
-    if not path.is_file():
-        pytest.skip(f"tiny model config not found at {path} (set TTT3R_PARITY_FILE or provide ../shared/reference)")
-    return load_model_config(path)
+def tiny_config(tiny_config_file):
+    return load_model_config(tiny_config_file)
 
 
 @pytest.fixture(scope="module")
@@ -466,12 +457,12 @@ def test_torchscript_archive_is_refused(tmp_path):
 # CLI
 
 
-def test_convert_checkpoint_cli(tmp_path, monkeypatch, capsys, tiny_model):
+def test_convert_checkpoint_cli(tmp_path, monkeypatch, capsys, tiny_model, tiny_config_file):
     from ttt3r_ros.cli import main
 
     pth, out = tmp_path / "official.pth", tmp_path / "out" / "tiny.safetensors"
     make_official_pth(pth, tiny_model.state_dict(), monkeypatch)
-    config_json = str(reference_dir() / "parity_tiny.json")
+    config_json = str(tiny_config_file)
 
     assert main(["convert-checkpoint", str(pth), str(out), "--check-config", config_json]) == 0
     printed = capsys.readouterr().out

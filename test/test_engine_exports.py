@@ -1,9 +1,8 @@
-"""exports.atomic_write: normal file mode, and no temporary file or damaged target whatever point an interrupt hits."""
+"""Exports get the file mode a plain open() gives (they write through ttt3r_ros.atomic_io; its own tests are in
+test_atomic_io.py)."""
 from __future__ import annotations
 
-import builtins
 import os
-import signal
 import stat
 
 import numpy as np
@@ -33,68 +32,11 @@ def test_atomic_write_gives_the_umask_mode_not_mkstemps_0600(tmp_path, umask):
         os.umask(old)
 
 
-def _interrupt_in_open(monkeypatch):
-    """The interrupt lands right after the temporary was created (before the code sees the file object)."""
-    def open_then_interrupt(name, mode="r", *args, **kwargs):
-        f = builtins.open(name, mode, *args, **kwargs)
-        f.close()
-        raise KeyboardInterrupt
-    monkeypatch.setattr(exports, "open", open_then_interrupt, raising=False)
-
-
-def _interrupt_in_fsync(monkeypatch):
-    def fsync(fd):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(exports.os, "fsync", fsync)
-
-
-def _interrupt_in_replace(monkeypatch):
-    def replace(src, dst):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(exports.os, "replace", replace)
-
-
-INJECTIONS = {"open": _interrupt_in_open, "fsync": _interrupt_in_fsync, "replace": _interrupt_in_replace}
-
-
-@pytest.mark.parametrize("where", ["while-writing-raise", "while-writing-sigint", *INJECTIONS])
-def test_interrupt_at_any_point_leaves_no_temp_file_and_an_intact_target(tmp_path, monkeypatch, where):
-    path = tmp_path / "map.ply"
-    exports.write_ply(path, np.arange(12.0).reshape(4, 3), np.full((4, 3), 7, np.uint8), np.ones(4))
+def test_write_tum_refuses_non_finite_poses_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / "traj.txt"
+    exports.write_tum(path, [0.0], [np.eye(4)])
     before = path.read_bytes()
-    seen_partial = []
-
-    def write(f):
-        f.write(b"ply\nhalf a file")
-        seen_partial.append(sorted(os.listdir(tmp_path)))  # the temporary exists while writing
-        if where == "while-writing-raise":
-            raise KeyboardInterrupt
-        if where == "while-writing-sigint":  # a real Ctrl-C: SIGINT delivered to this process mid-write
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):  # the handler raises at the next bytecode boundary
-                f.write(b"more")
-        f.write(b" rest")
-
-    if where in INJECTIONS:
-        INJECTIONS[where](monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        exports.atomic_write(path, write)
-    monkeypatch.undo()
-    assert path.read_bytes() == before, "the target was damaged"
-    assert os.listdir(tmp_path) == ["map.ply"], f"left behind: {os.listdir(tmp_path)}"
-    if where != "open":
-        assert len(seen_partial) == 1 and len(seen_partial[0]) == 2  # target + temporary during the write
-    points, _, _ = exports.read_ply(path)
-    assert np.array_equal(points, np.arange(12.0, dtype=np.float32).reshape(4, 3))
-
-
-def test_atomic_write_never_removes_a_file_it_did_not_create(tmp_path, monkeypatch):
-    """A temporary-name collision (forced here) is skipped: the other file stays, the write still succeeds."""
-    names = iter(["aaaa", "aaaa", "bbbb"])
-    monkeypatch.setattr(exports.secrets, "token_hex", lambda n: next(names))
-    other = tmp_path / ".t.txt.aaaa.tmp"
-    other.write_bytes(b"someone else's")
-    exports.atomic_write(tmp_path / "t.txt", lambda f: f.write(b"new"))
-    assert (tmp_path / "t.txt").read_bytes() == b"new"
-    assert other.read_bytes() == b"someone else's"
-    assert sorted(os.listdir(tmp_path)) == [".t.txt.aaaa.tmp", "t.txt"]
+    with pytest.raises(ValueError, match="non-finite"):
+        exports.write_tum(path, [0.0], [np.full((4, 4), np.nan)])
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["traj.txt"]

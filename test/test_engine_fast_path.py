@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from ttt3r_ros.engine import BatchedReconstructor, StreamingReconstructor
-from ttt3r_ros.model import fast
+from ttt3r_ros.engine.step_runner import GraphStepRunner
+from ttt3r_ros.model import fast, parity
+from ttt3r_ros.model.state import finite_streams
 
-parity = pytest.importorskip("ttt3r_ros.model.parity", reason="ttt3r_ros.model.parity not available")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ class StaticBufferRunner:
         self._state = model.initial_state(batch_size)
         self._out: Any = None
         self._extras: dict[str, torch.Tensor] = {}
+        self._finite = torch.ones(batch_size, dtype=torch.bool)
 
     def step(self, images: torch.Tensor, reset: Any = None, update: Any = None) -> Any:
         assert tuple(images.shape) == self.shape
@@ -54,6 +56,7 @@ class StaticBufferRunner:
         if self.postprocess is not None:
             extras = {**extras, **self.postprocess(out, images)}
         self.load_state(new, count=False)
+        self._finite.copy_(finite_streams(out, new))
         if self._out is None:
             self._out, self._extras = out, extras
         else:  # overwrite the "static" buffers, as a replay does
@@ -68,6 +71,10 @@ class StaticBufferRunner:
         return self._extras
 
     @property
+    def finite(self) -> torch.Tensor:
+        return self._finite
+
+    @property
     def state(self) -> Any:
         return self._state
 
@@ -79,11 +86,15 @@ class StaticBufferRunner:
 
 
 def _force_fast(engine: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Route a CPU engine through the fast-path code with the stand-in runner."""
+    """Route a CPU engine through the graph step runner with the stand-in GraphedStep."""
     monkeypatch.setattr(fast, "GraphedStep", StaticBufferRunner)
     inner = getattr(engine, "_batched", engine)
-    inner._fast_path = True
+    inner._runner = GraphStepRunner(inner.model, inner.config, inner.device, "cuda-graph (CPU stand-in)")
     return engine
+
+
+def _graph_keys(engine: Any) -> list[Any]:
+    return list(getattr(engine, "_batched", engine)._runner.graphs)
 
 
 def _run_single(engine: Any, frames: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +171,7 @@ def test_fast_path_uint8_frames_preprocessed_in_graph_equal_eager(vectors, monke
     fast_eng = _force_fast(StreamingReconstructor(model, **opts), monkeypatch)
     fast_res = run(fast_eng)
     assert fast_eng.fast_path_active
-    assert list(fast_eng._batched._fast.runners) == [(1, 96, 128, "uint8")]  # one runner, raw-frame input
+    assert _graph_keys(fast_eng) == [(1, 96, 128, "uint8")]  # one runner, raw-frame input
     for e, f in zip(eager_res, fast_res):
         assert f.model_size == e.model_size == (48, 64)
         np.testing.assert_array_equal(f.camera_to_world_model, e.camera_to_world_model)
@@ -202,12 +213,46 @@ def test_fast_path_option_is_validated_and_refused_on_cpu(vectors) -> None:
     assert StreamingReconstructor(model, fast_path=False).fast_path_status == "eager (fast_path=False)"
 
 
-def test_precision_names_resolve_by_device() -> None:
+def test_precision_names_resolve_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fast.resolve_precision("auto", "cpu") == ("fp32", torch.float32, torch.float32)
-    assert fast.resolve_precision("auto", "cuda") == ("bf16", torch.bfloat16, torch.bfloat16)
+    monkeypatch.setattr(fast, "bf16_supported", lambda device: True)
+    default = fast.precision_spec(fast.CUDA_DEFAULT_PRECISION)
+    assert fast.resolve_precision("auto", "cuda") == (fast.CUDA_DEFAULT_PRECISION, default.weights, default.heads)
     assert fast.resolve_precision("fp16", "cpu") == ("fp16", torch.float16, torch.float16)
+    assert fast.resolve_precision("bf16-fp32state", "cpu") == ("bf16-fp32state", torch.bfloat16, torch.bfloat16)
+    assert fast.precision_spec("bf16-fp32state").stream == torch.float32
     with pytest.raises(ValueError, match="precision"):
         fast.resolve_precision("int8", "cpu")
+    # every name of the table is a choice; the uniform ones are the checkpoint dtypes
+    assert fast.PRECISION_NAMES == ("auto", *fast.PRECISIONS)
+    assert fast.PRECISION_DTYPES == {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def test_auto_precision_checks_the_cards_bf16_support(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA default that uses bf16 becomes fp16 on a card without native bf16, with one log line; an explicit
+    bf16 precision there is refused."""
+    monkeypatch.setattr(fast, "CUDA_DEFAULT_PRECISION", "bf16-fp32state")
+    monkeypatch.setattr(fast, "bf16_supported", lambda device: torch.device(device).type != "cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Old GPU")
+    lines: list[str] = []
+    assert fast.resolve_precision("auto", "cuda", log=lines.append) == ("fp16", torch.float16, torch.float16)
+    assert len(lines) == 1 and "Old GPU" in lines[0] and "fp16" in lines[0], lines
+    with pytest.raises(ValueError, match="bfloat16"):
+        fast.resolve_precision("bf16", "cuda")
+    monkeypatch.setattr(fast, "bf16_supported", lambda device: True)
+    lines.clear()
+    assert fast.resolve_precision("auto", "cuda", log=lines.append)[0] == "bf16-fp32state" and not lines
+
+
+def test_overflow_fallback_is_for_float16_precisions_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast, "bf16_supported", lambda device: True)
+    assert fast.overflow_fallback("fp16", "cuda") == fast.OVERFLOW_FALLBACK_PRECISION
+    assert fast.overflow_fallback("fp16-fp32state", "cuda") == fast.OVERFLOW_FALLBACK_PRECISION
+    assert not fast.precision_spec(fast.OVERFLOW_FALLBACK_PRECISION).uses_float16
+    for name in ("fp32", "bf16", "bf16-fp32state"):  # float32's range: nothing to fall back from
+        assert fast.overflow_fallback(name, "cuda") is None
+    monkeypatch.setattr(fast, "bf16_supported", lambda device: False)
+    assert fast.overflow_fallback("fp16", "cuda") == "fp32"
 
 
 @pytest.mark.gpu
@@ -287,7 +332,7 @@ def test_engine_fast_path_uint8_frames_equal_eager_on_cuda(vectors) -> None:
                                                fast_path=False))
             fast_eng = StreamingReconstructor(fast_model, size=64, reset_interval=3, build_map=False)
             fast_res = run(fast_eng)
-            assert fast_eng.fast_path_active and list(fast_eng._batched._fast.runners) == [(1, h, w, "uint8")], \
+            assert fast_eng.fast_path_active and _graph_keys(fast_eng) == [(1, h, w, "uint8")], \
                 fast_eng.fast_path_status
             for e, f in zip(eager, fast_res):
                 np.testing.assert_allclose(f.camera_to_world_model, e.camera_to_world_model, rtol=1e-5, atol=1e-5)

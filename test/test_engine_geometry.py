@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from support import geometry as support_geometry
 from ttt3r_ros.engine import geometry
 from ttt3r_ros.engine.synthetic import _rot_xyz
 
@@ -53,27 +54,27 @@ def test_pose7_matches_parity_c2w(parity_file):
     tensors, meta = load_vectors(parity_file)
     pose7 = tensors["ttt3r/camera_pose"].double().numpy()
     c2w = tensors["ttt3r/c2w"].double().numpy()
-    assert np.allclose(geometry.pose7_wxyz_to_matrix(pose7), c2w, atol=1e-6)
+    assert np.allclose(support_geometry.pose7_wxyz_to_matrix(pose7), c2w, atol=1e-6)
 
 
 # -------------------------------------------------------------------------------------------------- axes
 def test_optical_to_body_axes_rep103():
     # optical z (forward) is body x, optical x (right) is body -y, optical y (down) is body -z
-    assert np.allclose(geometry.optical_points_to_body(np.array([0.0, 0, 1])), [1, 0, 0])
-    assert np.allclose(geometry.optical_points_to_body(np.array([1.0, 0, 0])), [0, -1, 0])
-    assert np.allclose(geometry.optical_points_to_body(np.array([0.0, 1, 0])), [0, 0, -1])
+    assert np.allclose(support_geometry.optical_points_to_body(np.array([0.0, 0, 1])), [1, 0, 0])
+    assert np.allclose(support_geometry.optical_points_to_body(np.array([1.0, 0, 0])), [0, -1, 0])
+    assert np.allclose(support_geometry.optical_points_to_body(np.array([0.0, 1, 0])), [0, 0, -1])
     # camera moving 1 m forward (optical +z) is the body moving 1 m along x
     fwd = np.eye(4)
     fwd[2, 3] = 1.0
-    assert np.allclose(geometry.optical_to_body(fwd)[:3, 3], [1, 0, 0])
+    assert np.allclose(support_geometry.optical_to_body(fwd)[:3, 3], [1, 0, 0])
     # camera panning right (yaw about optical -y... i.e. a rotation about optical y by +a turns z toward x = right)
     a = 0.3
     pan = np.eye(4)
     pan[:3, :3] = _rot_xyz(0, a, 0)
-    body = geometry.optical_to_body(pan)
+    body = support_geometry.optical_to_body(pan)
     # turning right is a negative yaw about body z (z up)
     assert np.allclose(body[:3, :3], _rot_xyz(0, 0, -a), atol=1e-12)
-    assert np.allclose(geometry.body_to_optical(body), pan, atol=1e-12)
+    assert np.allclose(support_geometry.body_to_optical(body), pan, atol=1e-12)
 
 
 def test_odom_from_camera_starts_at_identity_and_is_a_conjugation():
@@ -183,7 +184,7 @@ def test_demo_chaining_matches_stored_demo_c2w_chained(parity_file):
     tensors, meta = load_vectors(parity_file)
     c2w = tensors["ttt3r_reset/c2w"].double().numpy()
     flags = tensors["ttt3r_reset/reset_flag"].numpy()
-    kept, chained = geometry.chain_demo_poses(c2w, flags)
+    kept, chained = support_geometry.chain_demo_poses(c2w, flags)
     assert np.array_equal(kept, tensors["ttt3r_reset/demo_kept_views"].numpy())
     ok, ratio = within(chained, tensors["ttt3r_reset/demo_c2w_chained"].numpy(), meta["tolerances"]["demo_c2w_chained"])
     assert ok, f"chained poses off by {ratio:.3g} x tolerance"

@@ -10,7 +10,8 @@ import torch
 
 from ttt3r_ros.engine import StreamingReconstructor
 from ttt3r_ros.engine.preprocess import preprocess_pil
-from ttt3r_ros.engine.synthetic import OracleNetwork, make_sequence
+from support.oracle import OracleNetwork
+from ttt3r_ros.engine.synthetic import make_sequence
 
 STEPS = 300
 WARMUP = 100

@@ -13,11 +13,7 @@ import pytest
 import torch
 
 from ttt3r_ros.engine import BatchedReconstructor, StreamingReconstructor, geometry
-
-parity = pytest.importorskip("ttt3r_ros.model.parity", reason="ttt3r_ros.model.parity not available")
-
-
-
+from ttt3r_ros.model import parity
 
 
 @pytest.fixture(scope="module")

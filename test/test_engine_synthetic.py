@@ -14,7 +14,9 @@ import torch
 from ttt3r_ros.engine import (BatchedReconstructor, EngineConfig, StreamingReconstructor, VoxelMap, exports,
                               geometry)
 from ttt3r_ros.engine.preprocess import preprocess_pil
-from ttt3r_ros.engine.synthetic import OracleNetwork, _rot_xyz, make_sequence, pinhole
+from support import geometry as support_geometry
+from support.oracle import OracleNetwork
+from ttt3r_ros.engine.synthetic import _rot_xyz, make_sequence, pinhole
 
 WORLD_OFFSET = geometry.make_se3(_rot_xyz(0.05, -0.1, 0.02), [0.02, -0.03, 0.01])
 
@@ -74,7 +76,7 @@ def test_synthetic_scene_trajectory_intrinsics_depth_map(seq):
     assert np.quantile(dist, 0.95) < 1e-4
     assert dist.max() < 0.01 * np.sqrt(3)
     # base odometry in REP 103 axes: camera moving along optical z is the base moving along x
-    assert np.allclose(r.base_in_odom, geometry.optical_to_body(r.camera_to_world))
+    assert np.allclose(r.base_in_odom, support_geometry.optical_to_body(r.camera_to_world))
 
 
 def test_map_threshold_rejects_low_confidence(seq):
@@ -169,7 +171,7 @@ def test_reset_interval_chaining_is_the_demo_chaining(seq, interval):
     assert net.views == len(seq.images) + sum(flagged)  # each flagged frame is run twice
     assert [r.was_reset for r in results] == [i == 0 or f for i, f in enumerate(flagged)]
     assert results[-1].chunk_index == sum(flagged[:-1])
-    kept, chained = geometry.chain_demo_poses(np.stack(net.c2w_log), np.array(net.flag_log))
+    kept, chained = support_geometry.chain_demo_poses(np.stack(net.c2w_log), np.array(net.flag_log))
     assert len(kept) == len(seq.images)
     model_traj = np.stack([p for _, p in eng.trajectory_model])
     assert np.allclose(model_traj, chained, atol=1e-12)
@@ -266,22 +268,6 @@ def test_exports_round_trip(seq, tmp_path):
     exports.write_npy(tmp_path / "d.npy", results[0].depth)
     assert np.array_equal(np.load(tmp_path / "d.npy"), results[0].depth)
     assert sorted(os.listdir(tmp_path)) == ["c.png", "d.npy", "d.png", "map.ply", "traj.txt"]  # no temp files left
-
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    path = tmp_path / "traj.txt"
-    exports.write_tum(path, [0.0], [np.eye(4)])
-    before = path.read_bytes()
-
-    def broken(f):
-        f.write(b"half a file")
-        raise RuntimeError("crash while writing")
-    with pytest.raises(RuntimeError):
-        exports.atomic_write(path, broken)
-    assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == ["traj.txt"]
-    with pytest.raises(ValueError, match="non-finite"):
-        exports.write_tum(path, [0.0], [np.full((4, 4), np.nan)])
 
 
 def _live_tensor_bytes() -> tuple[int, int]:

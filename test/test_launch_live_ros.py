@@ -34,12 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.launch_test
 def generate_test_description() -> launch.LaunchDescription:
+    # The weights and model come from the params file alone (no launch argument for them): launch arguments that
+    # are not given must not override it. device: cuda in the file, device:=cpu given: the given argument wins.
     params = Path(tempfile.mkdtemp()) / "tiny.yaml"
-    params.write_text("/**:\n  ros__parameters:\n    image_size: 64\n    warmup_frames: 0\n")
+    params.write_text(f"/**:\n  ros__parameters:\n    weights: {h.tiny_weights()}\n"
+                      f"    model_config: {h.tiny_config()}\n    device: cuda\n    image_size: 64\n"
+                      "    warmup_frames: 0\n")
     live = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(REPO / "launch" / "live.launch.py")),
-        launch_arguments={"weights": str(h.tiny_weights()), "model_config": str(h.tiny_config()), "device": "cpu",
-                          "camera_is_base": "true", "image_topic": "/lt_cam/image_raw",
+        launch_arguments={"device": "cpu", "camera_is_base": "true", "image_topic": "/lt_cam/image_raw",
                           "camera_info_topic": "/lt_cam/camera_info", "params_file": str(params)}.items())
     return launch.LaunchDescription([live, launch_testing.actions.ReadyToTest()])
 

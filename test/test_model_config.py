@@ -21,8 +21,8 @@ def test_preset_is_the_official_configuration() -> None:
     assert cfg.conf_mode == ("exp", 1.0, math.inf)
 
 
-def test_parity_tiny_json_loads(reference_dir: Path) -> None:
-    path = reference_dir / "parity_tiny.json"
+def test_parity_tiny_json_loads(tiny_config_file: Path) -> None:
+    path = tiny_config_file
     cfg = load_model_config(str(path))
     data = json.loads(path.read_text())
     assert cfg.enc_embed_dim == data["config"]["enc_embed_dim"]
@@ -78,5 +78,5 @@ def test_bad_values_are_named(config: dict, message: str) -> None:
         config_from_dict({"config": config})
 
 
-def test_tiny_preset_equals_parity_tiny_json(reference_dir: Path) -> None:
-    assert load_model_config("tiny") == load_model_config(reference_dir / "parity_tiny.json")
+def test_tiny_preset_equals_parity_tiny_json(tiny_config_file: Path) -> None:
+    assert load_model_config("tiny") == load_model_config(tiny_config_file)

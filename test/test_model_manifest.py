@@ -3,10 +3,11 @@ reference checkpoint's state_dict: same keys in the same order, shapes, dtypes, 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+
+import reference_data
 
 from ttt3r_ros.model import PRESETS, build_model
 
@@ -15,11 +16,8 @@ OFFICIAL_UNIQUE_PARAMETERS = 793_307_858  # SPEC §1.4, the published checkpoint
 
 
 @pytest.fixture(scope="module")
-def manifest(reference_dir: Path) -> dict:
-    path = reference_dir / MANIFEST_NAME
-    if not path.is_file():
-        pytest.fail(f"key manifest {path} not found (reference data missing)")
-    return json.loads(path.read_text())
+def manifest() -> dict:
+    return json.loads(reference_data.reference_file(MANIFEST_NAME, "key manifest").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Parity of TTT3RModel with the reference's recorded runs (float32, TF32 off).
 
-The vector file is $TTT3R_PARITY_FILE, else <repo>/../shared/reference/parity_tiny.safetensors. The first test runs
+The vector file is found by test/reference_data.py ($TTT3R_PARITY_FILE, else ../shared/reference). The first test runs
 on $TTT3R_TEST_DEVICE (default cpu; e.g. cuda for the GPU parity run); the second on cuda whenever one exists. The model config,
 the runs and the per-name tolerances are read from the file itself: nothing about its sizes is assumed here.
 Every stored per-run tensor is checked, except `demo_c2w_chained` / `demo_kept_views` (demo-style chunk chaining:
@@ -10,27 +10,17 @@ engine's). Any other stored name that the model step cannot produce fails the te
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
+import reference_data
 from ttt3r_ros.model import parity
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def parity_file() -> Path:
-    configured = os.environ.get("TTT3R_PARITY_FILE")
-    path = Path(configured) if configured else REPO_ROOT.parent / "shared" / "reference" / "parity_tiny.safetensors"
-    if not path.is_file():
-        pytest.fail(f"parity vector file {path} not found: put the reference data at <repo>/../shared/reference "
-                    "or set TTT3R_PARITY_FILE to a parity .safetensors file")
-    return path
 
 
 def check_parity(device: str, capsys: pytest.CaptureFixture[str]) -> None:
-    vectors = parity.load_parity_vectors(parity_file())
+    vectors = parity.load_parity_vectors(reference_data.parity_file())
     assert vectors.runs, f"{vectors.path} holds no runs"
     previous = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = False

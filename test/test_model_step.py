@@ -7,6 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ttt3r_ros.model import UPDATE_RULES, ModelConfig, RecurrentState, build_model
+from ttt3r_ros.model.blocks import set_attention_impl
 from ttt3r_ros.model.rope import apply_rope
 
 TINY = ModelConfig(enc_embed_dim=64, enc_depth=2, enc_num_heads=4, dec_embed_dim=48, dec_depth=4, dec_num_heads=3,
@@ -243,20 +244,19 @@ def test_reduced_precision_runs_close_to_float32(dtype: torch.dtype) -> None:
 def test_explicit_attention_impl_matches_sdpa(model) -> None:
     """attention_impl="explicit" (benchmarks mimicking the reference) gives the same outputs and gate."""
     views = frames(2, seed=10)
-    modules = [m for m in model.modules() if hasattr(m, "attention_impl")]
-    assert len(modules) > 2 * TINY.dec_depth
     outputs = {}
     try:
         for impl in ("sdpa", "explicit"):
-            for module in modules:
-                module.attention_impl = impl
+            assert set_attention_impl(model, impl) > 2 * TINY.dec_depth
+            assert {m.attention_impl for m in model.modules() if hasattr(m, "attention_impl")} == {impl}
             state = model.initial_state(1)
             for view in views:
                 out, state = model.step(view, state)
             outputs[impl] = out
     finally:
-        for module in modules:
-            module.attention_impl = "sdpa"
+        set_attention_impl(model, "sdpa")
+    with pytest.raises(ValueError, match="attention_impl"):
+        set_attention_impl(model, "flash")
     for name in ("pts3d_in_other_view", "camera_pose", "gate_logit", "update_rate"):
         torch.testing.assert_close(getattr(outputs["explicit"], name), getattr(outputs["sdpa"], name),
                                    atol=2e-5, rtol=1e-4)

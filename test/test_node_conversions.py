@@ -12,8 +12,8 @@ from rclpy.serialization import deserialize_message, serialize_message  # noqa: 
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from ttt3r_ros.offline.odometry import body_twist_from_poses  # noqa: E402
-from ttt3r_ros.offline.pointcloud import unpack_rgb  # noqa: E402
+from ttt3r_ros.session.message_codec import unpack_rgb  # noqa: E402
+from ttt3r_ros.session.odometry import body_twist_from_poses  # noqa: E402
 from ttt3r_ros.ros import conversions as conv  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def test_image_encodings_to_rgb(rgb: np.ndarray, pad: int) -> None:
     assert np.array_equal(conv.image_to_rgb(_image(np.concatenate([rgb[..., ::-1], alpha], 2), "bgra8", pad)), rgb)
     mono = rgb[..., 0].copy()
     out = conv.image_to_rgb(_image(mono, "mono8", pad))
-    assert out.shape == (5, 7, 3) and np.array_equal(out[..., 2], mono) and out.flags.c_contiguous
+    assert np.array_equal(out, np.repeat(mono[..., None], 3, axis=2)) and out.flags.c_contiguous
 
 
 def test_image_errors_name_the_problem(rgb: np.ndarray) -> None:
@@ -64,7 +64,7 @@ def test_image_errors_name_the_problem(rgb: np.ndarray) -> None:
 
 @pytest.mark.parametrize("ext", [".png", ".jpg"])
 def test_compressed_roundtrip(ext: str) -> None:
-    cv2 = pytest.importorskip("cv2")
+    import cv2  # opencv-python-headless is an install requirement (setup.py): missing must fail
     # smooth image so jpeg error stays small
     y, x = np.mgrid[0:32, 0:48]
     rgb = np.stack([x * 5, y * 7, (x + y) * 2], -1).astype(np.uint8)
@@ -112,6 +112,10 @@ def test_camera_info_validation_and_builder() -> None:
     nan.k[4] = math.nan
     got, reason = conv.intrinsics_from_camera_info(nan)
     assert got is None and "non-finite" in reason
+    skewed = conv.camera_info_from_intrinsics(k, 48, 64, Header())
+    skewed.k[6] = 5.0   # a K the engine would refuse: refused here, with the reason the node and the reader log
+    got, reason = conv.intrinsics_from_camera_info(skewed)
+    assert got is None and "last row 0 0 1" in reason
 
 
 def test_point_cloud_organised_layout_and_nans() -> None:
@@ -148,7 +152,7 @@ def test_point_cloud_organised_layout_and_nans() -> None:
 def test_live_and_offline_clouds_share_one_layout() -> None:
     """The node's rclpy cloud and the result bag's rosbags cloud come from one packer: same fields, same bytes."""
     from ttt3r_ros.offline.bag_writing import MessageFactory
-    from ttt3r_ros.offline.pointcloud import cloud_to_numpy, point_cloud2
+    from ttt3r_ros.session.message_codec import cloud_to_numpy, point_cloud2
 
     rng = np.random.default_rng(5)
     pts = rng.normal(size=(3, 5, 3)).astype(np.float32)

@@ -53,15 +53,31 @@ def test_process_all_put_times_out_and_counts() -> None:
     assert q.snapshot()["dropped"] == 1
 
 
+class _ConditionThatReportsWaiters(threading.Condition):
+    """A Condition that sets `waiting` when a thread starts waiting on it (still holding the lock, so a notify from
+    another thread cannot come before the wait releases it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
 def test_close_wakes_waiters() -> None:
     q: FrameQueue[int] = FrameQueue(process_all=False)
+    q._cond = _ConditionThatReportsWaiters()   # to know the worker is blocked in get() before closing
     result: list[object] = []
-    t = threading.Thread(target=lambda: result.append(q.get(timeout_s=5.0)))
+    get_timeout_s = 60.0
+    t = threading.Thread(target=lambda: result.append(q.get(timeout_s=get_timeout_s)), daemon=True)
     t.start()
-    time.sleep(0.05)
+    assert q._cond.waiting.wait(timeout=30.0), "the worker never started waiting"
     q.close()
-    t.join(timeout=1.0)
-    assert result == [None]
+    # woken by close(), not by its own timeout: it returns long before get_timeout_s
+    t.join(timeout=get_timeout_s / 2)
+    assert not t.is_alive() and result == [None]
 
 
 def test_static_tf_chain() -> None:

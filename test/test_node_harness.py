@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+import reference_data
 
 # test/conftest.py already sets these for pytest runs; repeated here so the helpers are safe on their own.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -27,18 +25,9 @@ os.environ.setdefault("ROS_LOG_DIR", str(_LOG_DIR))
 _WEIGHTS_DIR = Path(tempfile.mkdtemp(prefix="ttt3r_node_weights_"))
 
 
-def reference_dir() -> Path:
-    """Same rule as test/conftest.py: the folder of $TTT3R_PARITY_FILE, else <repo>/../shared/reference."""
-    parity_file = os.environ.get("TTT3R_PARITY_FILE")
-    folder = Path(parity_file).resolve().parent if parity_file else REPO.parent / "shared" / "reference"
-    if not (folder / "parity_tiny.json").is_file():
-        pytest.fail(f"reference data (parity_tiny.json) not found in {folder}: put it at <repo>/../shared/reference "
-                    "or set TTT3R_PARITY_FILE to its parity file")
-    return folder
-
-
 def tiny_config() -> Path:
-    return reference_dir() / "parity_tiny.json"
+    """parity_tiny.json; skips (or fails under TTT3R_REQUIRE_REFERENCE=1) when the reference data is missing."""
+    return reference_data.tiny_config_file()
 
 
 def tiny_weights(_unused_tmp: Path | None = None) -> Path:
@@ -50,7 +39,7 @@ def tiny_weights(_unused_tmp: Path | None = None) -> Path:
 
     from ttt3r_ros.model.checkpoint import save_safetensors
 
-    tensors = load_file(str(reference_dir() / "parity_tiny.safetensors"))
+    tensors = load_file(str(reference_data.parity_file()))
     state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     assert state, "parity_tiny.safetensors has no model/ tensors"
     save_safetensors(state, out)
@@ -152,11 +141,10 @@ class Probe:
         try:
             if not client.wait_for_service(timeout_sec=timeout_s):
                 raise TimeoutError(f"service {name} not available")
+            answered = threading.Event()
             future = client.call_async(request)
-            deadline = time.monotonic() + timeout_s
-            while not future.done() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if not future.done():
+            future.add_done_callback(lambda _: answered.set())   # runs in the spin thread when the answer arrives
+            if not answered.wait(timeout_s) and not future.done():
                 raise TimeoutError(f"service {name} did not answer in {timeout_s} s")
             return future.result()
         finally:

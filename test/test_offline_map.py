@@ -14,7 +14,7 @@ from ttt3r_ros.cli import main
 from ttt3r_ros.engine import exports
 from ttt3r_ros.offline.bag_io import open_bag
 from ttt3r_ros.offline.map_command import map_input
-from ttt3r_ros.offline.pointcloud import cloud_to_numpy
+from ttt3r_ros.session.message_codec import cloud_to_numpy
 from ttt3r_ros.offline.readers import Frame, FrameSource
 from ttt3r_ros.offline.result_bag import ResultBagWriter
 
@@ -97,8 +97,7 @@ def test_result_bag_holds_odometry_tf_path_clouds_and_map(tmp_path, tiny):
     cloud = next(m for topic, _, m in messages if topic == "/points")
     assert cloud.header.frame_id == "camera_optical_frame"
     assert (cloud.height, cloud.width) == (24, 32)  # model resolution 48x64, stride 2
-    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb", "confidence"] and cloud.point_step == 20
-    assert len(cloud_to_numpy(cloud)) == 24 * 32
+    assert len(cloud_to_numpy(cloud)) == 24 * 32     # the field layout: test_node_conversions.py (one packer)
     path = [m for topic, _, m in messages if topic == "/path"][-1]
     assert len(path.poses) == 4
     map_cloud = next(m for topic, _, m in messages if topic == "/map_points")
@@ -152,7 +151,7 @@ def test_without_weights_the_error_says_where_they_come_from(tmp_path, monkeypat
     assert "--random-weights" in err
     monkeypatch.setenv("TTT3R_WEIGHTS", str(tmp_path / "nowhere.safetensors"))
     assert main(["map", str(bag), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
-    assert "$TTT3R_WEIGHTS not found" in capsys.readouterr().err
+    assert "checkpoint not found" in (err := capsys.readouterr().err) and "(from $TTT3R_WEIGHTS)" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -243,7 +242,8 @@ def test_engine_and_eval_on_the_exact_synthetic_scene(tmp_path):
 
     from ttt3r_ros.engine.preprocess import preprocess
     from ttt3r_ros.engine.reconstructor import StreamingReconstructor
-    from ttt3r_ros.engine.synthetic import OracleNetwork, make_sequence
+    from support.oracle import OracleNetwork
+    from ttt3r_ros.engine.synthetic import make_sequence
     from ttt3r_ros.offline.eval_command import evaluate_files
     from ttt3r_ros.offline.mapping import MapRunOptions, OfflineMapper
     from ttt3r_ros.offline.readers import open_frame_source

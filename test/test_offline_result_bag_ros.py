@@ -53,12 +53,9 @@ def test_result_bag_messages_deserialise_with_rclpy(tmp_path):
         for connection, _, raw in reader.messages():
             package, _, name = connection.msgtype.split("/")
             cls = getattr(importlib.import_module(f"{package}.msg"), name)
-            msg = deserialize_message(bytes(raw), cls)
+            # what the messages hold is test_offline_map.py's (read with rosbags); here: rclpy reads every one
+            deserialize_message(bytes(raw), cls)
             seen[connection.topic] = seen.get(connection.topic, 0) + 1
-            if connection.topic == "/odom":
-                assert msg.header.frame_id == "odom" and msg.child_frame_id == "base_link"
-            if connection.topic == "/points":
-                assert msg.point_step == 20 and len(msg.data) == msg.row_step * msg.height
     finally:
         reader.close()
     assert seen["/odom"] == seen["/tf"] == seen["/points"] == 3 and seen["/tf_static"] == 1

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import cv2
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from scipy.spatial.transform import Rotation
+
+if TYPE_CHECKING:
+    from ttt3r_ros.offline.map_command import MapOptions
 
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 T = TYPESTORE.types
@@ -178,9 +181,10 @@ def map_args(input_path: Path, out: Path, model_config: str, *extra: str) -> lis
             "--image-size", "64", "--device", "cpu", "--confidence-threshold", "1.0", "--no-progress", *extra]
 
 
-def parse_map_args(argv: list[str]) -> argparse.Namespace:
+def parse_map_args(argv: list[str]) -> MapOptions:
+    """`ttt3r-ros map` argv -> the typed MapOptions that map_input takes (argparse only fills it)."""
     from ttt3r_ros.offline import map_command
 
     parser = argparse.ArgumentParser()
     map_command.add_arguments(parser)
-    return parser.parse_args(argv[1:])
+    return map_command.options_from_args(parser.parse_args(argv[1:]))

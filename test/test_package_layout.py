@@ -128,9 +128,10 @@ def test_import_resolves_to_the_source_tree_and_interfaces_join_it(setup_sh_venv
 
 
 def test_model_engine_offline_import_without_rclpy() -> None:
-    # Block every ROS Python package, then import all modules of the ROS-free layers.
+    # Block every ROS Python package, then import all modules of the ROS-free layers and build every command
+    # parser (`add_arguments`) they define: the offline tools must work without ROS.
     probe = textwrap.dedent("""
-        import importlib, pkgutil, sys
+        import argparse, importlib, pkgutil, sys
         class BlockRos:
             def find_spec(self, name, path=None, target=None):
                 top = name.split(".")[0]
@@ -140,11 +141,13 @@ def test_model_engine_offline_import_without_rclpy() -> None:
         sys.meta_path.insert(0, BlockRos())
         import ttt3r_ros, ttt3r_ros.cli
         names = ["ttt3r_ros.cli"]
-        for layer in ("model", "engine", "offline"):
+        for layer in ("model", "engine", "session", "offline"):
             package = importlib.import_module("ttt3r_ros." + layer)
             names += [info.name for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
         for name in names:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
+            if hasattr(module, "add_arguments"):
+                module.add_arguments(argparse.ArgumentParser())
         print(len(names), "modules imported without ROS")
     """)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)

@@ -3,6 +3,8 @@
 Layers (each usable without the one above it):
   ttt3r_ros.model    pure PyTorch CUT3R/TTT3R network, checkpoints, update rules
   ttt3r_ros.engine   streaming reconstructor, preprocessing, geometry and frame conventions, voxel map, exports
+  ttt3r_ros.session  settings (the one table of defaults), model/engine construction, odometry bookkeeping,
+                     image decoding and message layouts shared by the node and the offline tools (no ROS)
   ttt3r_ros.offline  rosbag2/folder/video readers and the map/eval/demo commands (no ROS install needed)
   ttt3r_ros.ros      the ROS 2 node (the only place that imports rclpy)
 """

@@ -38,18 +38,21 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .atomic_io import atomic_write_text
+from .engine.preprocess import normalise_uint8
+from .model.fast import PRECISION_DTYPES as PRECISIONS  # the one precision table
+from .session.settings import DEFAULT_MODEL_CONFIG
+
 ALL_HEADS: tuple[str, ...] = ("self", "cross", "rgb")
 # What the node publishes needs the self-view point map (depth, confidence, points via the pose) and the pose;
 # colours come from the input frame. The cross (world) DPT and the RGB DPT are not needed.
 NODE_HEADS: tuple[str, ...] = ("self",)
-DEFAULT_MODEL = "cut3r_512_dpt_4_64"
+DEFAULT_MODEL = DEFAULT_MODEL_CONFIG
 # The model's fast-path levers (ttt3r_ros.model.fast.FAST_LEVERS); kept in sync by a test.
 LEVERS: tuple[str, ...] = ("compile", "compile_heads", "channels_last", "concurrent_decoders")
 _MIB = 1024.0 * 1024.0
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     line = json.dumps(result["summary"], sort_keys=False)
     print(line, flush=True)
     if opts.json_out:
-        _write_json_atomic(Path(opts.json_out), result)
+        atomic_write_text(opts.json_out, json.dumps(result, indent=1, default=str))
     return 0
 
 
@@ -158,7 +161,8 @@ class BenchOptions:
         reference = args.baseline == "reference"
         precision = args.precision
         if precision == "auto":
-            precision = "fp32" if (reference or device.type != "cuda") else "bf16"
+            # the reference executes in float32; otherwise the session's rule (bf16 on CUDA, fp32 elsewhere)
+            precision = "fp32" if reference else _resolve_precision_name("auto", device)
         if reference and precision != "fp32":
             raise ValueError("--baseline reference runs float32 (as the reference does); drop --precision")
         if args.mode == "drift" and precision == "fp32":
@@ -223,12 +227,16 @@ def _default_levers(precision: str) -> tuple[str, ...]:
 
 
 def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
+    """The session's device rule (SessionError is a ValueError: `run` reports it as a usage error)."""
+    from ttt3r_ros.session.build import resolve_device
+
+    return resolve_device(name)
+
+
+def _resolve_precision_name(name: str, device: torch.device) -> str:
+    from ttt3r_ros.model.fast import resolve_precision
+
+    return resolve_precision(name, device)[0]
 
 
 def _parse_heads(text: str, reference: bool) -> tuple[str, ...]:
@@ -304,79 +312,23 @@ def tf32_mode(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-class _ReferenceStyleFunctional:
-    """Stands in for ``torch.nn.functional`` inside the model's attention blocks during the reference baseline.
-
-    While ``explicit`` is set (only inside the two decoder stacks, as in the reference, whose encoder, pose memory
-    and final_transform use SDPA) attention is computed as the reference's ``return_attn`` path does: logits
-    materialised (q k^T * scale), softmax, matmul. Logits of the state decoder's cross-attention are kept
-    (``keep``) for the gate, as the reference concatenates them over layers and averages over heads and keys.
-    Everything else is forwarded to torch.nn.functional unchanged.
-    """
-
-    def __init__(self) -> None:
-        self.explicit = False
-        self.keep = False
-        self.kept: list[torch.Tensor] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch.nn.functional, name)
-
-    def scaled_dot_product_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                     *args: Any, scale: float | None = None, **kwargs: Any) -> torch.Tensor:
-        if not self.explicit:
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, *args, scale=scale, **kwargs)
-        if args or kwargs:
-            raise RuntimeError(f"reference-style attention: unsupported SDPA arguments {args} {kwargs}")
-        scale = q.shape[-1] ** -0.5 if scale is None else scale
-        logits = (q @ k.transpose(-2, -1)) * scale
-        if self.keep:
-            self.kept.append(logits)
-        return logits.softmax(dim=-1) @ v
-
-    def gate_from_kept_logits(self) -> torch.Tensor | None:
-        """The reference's gate: mean over layers, heads and keys of the kept logits; clears them."""
-        if not self.kept:
-            return None
-        stacked = torch.cat(self.kept, dim=1)  # [B, L*H, S, K]
-        self.kept = []
-        return torch.sigmoid(stacked.mean(dim=(1, 3)))
-
-
 @contextlib.contextmanager
-def explicit_attention(model: torch.nn.Module, enabled: bool) -> Iterator[_ReferenceStyleFunctional]:
-    """Run the decoders' attention the way the reference does (see `_ReferenceStyleFunctional`)."""
-    from ttt3r_ros.model import blocks as model_blocks
-
-    shim = _ReferenceStyleFunctional()
-    if not enabled:
-        yield shim
-        return
-    handles = []
-
-    def _flag(attr: str, value: bool) -> Callable[..., None]:
-        def hook(*_: Any) -> None:
-            setattr(shim, attr, value)
-        return hook
+def reference_attention(model: torch.nn.Module) -> Iterator[None]:
+    """The decoders' attention the way the reference runs it (the model's ``attention_impl = "explicit"``): logits
+    materialised (q k^T * scale), softmax, matmul, and the state decoder's gate averaged from those logits. Only the
+    two decoder stacks, as in the reference, whose encoder, pose memory and final_transform use SDPA."""
+    from ttt3r_ros.model.blocks import set_attention_impl
 
     stacks = [getattr(model, "dec_blocks", None), getattr(model, "dec_blocks_state", None)]
     if any(stack is None for stack in stacks):
         raise RuntimeError("the model has no dec_blocks/dec_blocks_state: cannot run the reference-style baseline")
     for stack in stacks:
-        for block in stack:
-            handles.append(block.register_forward_pre_hook(_flag("explicit", True)))
-            handles.append(block.register_forward_hook(_flag("explicit", False)))
-    for block in model.dec_blocks_state:
-        handles.append(block.cross_attn.register_forward_pre_hook(_flag("keep", True)))
-        handles.append(block.cross_attn.register_forward_hook(_flag("keep", False)))
-    original = model_blocks.F
-    model_blocks.F = shim
+        set_attention_impl(stack, "explicit")
     try:
-        yield shim
+        yield
     finally:
-        model_blocks.F = original
-        for handle in handles:
-            handle.remove()
+        for stack in stacks:
+            set_attention_impl(stack, "sdpa")
 
 
 # ------------------------------------------------------------------------------------------ synthetic input
@@ -399,12 +351,6 @@ def synthetic_frames(n_distinct: int, batch: int, height: int, width: int, seed:
         noisy = window + 0.03 * torch.randn(window.shape, generator=gen)
         frames.append((noisy.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
     return torch.stack(frames).contiguous()
-
-
-def normalise_uint8(frames_bhwc: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 [B,H,W,3] RGB -> [B,3,H,W] in [-1, 1], as the reference's (x/255 - 0.5)/0.5, on the tensor's device."""
-    x = frames_bhwc.permute(0, 3, 1, 2).to(torch.float32)
-    return (x / 255.0 - 0.5).div_(0.5).to(dtype)
 
 
 # ------------------------------------------------------------------------------------------ host outputs
@@ -430,35 +376,13 @@ def node_outputs(out: Any, frames_bhwc_uint8: torch.Tensor) -> dict[str, torch.T
     }
 
 
-class HostCopier:
-    """Pinned host buffers filled by asynchronous copies on a side stream; one event marks them complete."""
+def copy_outputs_to_host(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The engine's host copies (``ttt3r_ros.engine.host_copies``: fresh pinned buffers, asynchronous on CUDA), the
+    pose first; returns once every output is readable on the host."""
+    from ttt3r_ros.engine.host_copies import copy_to_host
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.buffers: dict[str, torch.Tensor] = {}
-        self.done = torch.cuda.Event() if device.type == "cuda" else None
-
-    def copy(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.stream is None:  # CPU: the outputs already are host memory
-            return {k: v.clone() for k, v in tensors.items()}
-        producer = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(producer)
-        with torch.cuda.stream(self.stream):
-            for name, value in tensors.items():
-                buf = self.buffers.get(name)
-                if buf is None or buf.shape != value.shape or buf.dtype != value.dtype:
-                    buf = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-                    self.buffers[name] = buf
-                # No record_stream needed: every caller waits for `done` before the producer stream runs again,
-                # so the source memory cannot be reused while the copy reads it.
-                buf.copy_(value, non_blocking=True)
-            self.done.record(self.stream)
-        return self.buffers
-
-    def wait(self) -> None:
-        if self.done is not None:
-            self.done.synchronize()
+    host = copy_to_host(outputs["pose"], {name: t for name, t in outputs.items() if name != "pose"})
+    return {"pose": host.first, **host.wait()}
 
 
 # ------------------------------------------------------------------------------------------------ steppers
@@ -482,14 +406,11 @@ class ReferenceStepper(Stepper):
     """Like the reference: host-normalised float frames, explicit attention, all heads, sync copies of everything."""
 
     def __call__(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        images = normalise_uint8(frames, torch.float32).to(self.device)
-        with explicit_attention(self.model, True) as shim:
+        images = normalise_uint8(frames).to(self.device)  # on the host, as the reference's load_images
+        with reference_attention(self.model):
             out, self.state = self.model.step(images, self.state, update_rule=self.opts.update_rule,
                                               heads=self.opts.heads)
-            gate = shim.gate_from_kept_logits()
-        if gate is None:
-            raise RuntimeError("reference-style baseline: no state cross-attention logits were materialised")
-        host: dict[str, torch.Tensor] = {"gate_from_logits": gate.cpu()}
+        host: dict[str, torch.Tensor] = {}
         for name in ("pts3d_in_self_view", "conf_self", "pts3d_in_other_view", "conf", "rgb", "camera_pose",
                      "c2w", "gate", "update_rate"):
             value = getattr(out, name, None)
@@ -503,7 +424,6 @@ class EagerStepper(Stepper):
 
     def __init__(self, model: torch.nn.Module, opts: BenchOptions, dtype: torch.dtype) -> None:
         super().__init__(model, opts, dtype)
-        self.copier = HostCopier(self.device)
         self.frames_dev: torch.Tensor | None = None
 
     def _upload(self, frames: torch.Tensor) -> torch.Tensor:
@@ -515,16 +435,13 @@ class EagerStepper(Stepper):
         return self.frames_dev
 
     def compute(self, frames_dev: torch.Tensor) -> dict[str, torch.Tensor]:
-        images = normalise_uint8(frames_dev, self.dtype)
+        images = normalise_uint8(frames_dev)  # the model casts it to its dtype
         out, self.state = self.model.step(images, self.state, update_rule=self.opts.update_rule,
                                           heads=self.opts.heads)
         return node_outputs(out, frames_dev)
 
     def __call__(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = self.compute(self._upload(frames))
-        host = self.copier.copy(outputs)
-        self.copier.wait()
-        return host
+        return copy_outputs_to_host(self.compute(self._upload(frames)))
 
 
 class GraphStepper(EagerStepper):
@@ -535,13 +452,12 @@ class GraphStepper(EagerStepper):
         from ttt3r_ros.model.fast import GraphedStep
 
         self.runner = GraphedStep(model, opts.batch, opts.height, opts.width, update_rule=opts.update_rule,
-                                  heads=opts.heads, uint8_input=True, postprocess=node_outputs)
+                                  heads=opts.heads, postprocess=node_outputs, input_size=(opts.height, opts.width),
+                                  prepare=lambda raw: (normalise_uint8(raw), {}))
 
     def __call__(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         self.runner.step(frames)
-        host = self.copier.copy(self.runner.extras)
-        self.copier.wait()
-        return host
+        return copy_outputs_to_host(self.runner.extras)
 
 
 class EngineStepper(Stepper):
@@ -758,7 +674,7 @@ def _run_profile(stepper: Stepper, frames: torch.Tensor, opts: BenchOptions) -> 
     if opts.profile_out:
         table = prof.key_averages().table(sort_by="cuda_time_total" if opts.device.type == "cuda"
                                           else "cpu_time_total", row_limit=80)
-        _write_text_atomic(Path(opts.profile_out), table)
+        atomic_write_text(opts.profile_out, table)
     summary = {
         "profiled_steps": n_steps,
         "wall_ms_per_step": round(wall_ms, 3),
@@ -864,17 +780,6 @@ def _r(value: float | None) -> float | None:
 
 def _sig(value: float) -> float:
     return float(f"{value:.4g}")
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    _write_text_atomic(path, json.dumps(data, indent=1, default=str))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

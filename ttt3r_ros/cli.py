@@ -49,6 +49,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and "--node" in argv[1:]:
+        # `bench --node`: the ROS node end to end (ttt3r_ros.ros.node_bench), with its own options; imported only
+        # here so a machine without rclpy still runs the model bench
+        from ttt3r_ros.ros import node_bench
+        return node_bench.main([a for a in argv[1:] if a != "--node"])
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:

@@ -1,5 +1,5 @@
-"""File exports, all written atomically: a temporary file in the destination folder, fsync, then os.replace, so a
-crash never leaves a half-written file under the final name.
+"""File exports, all written atomically by ``ttt3r_ros.atomic_io.atomic_write`` (a temporary file in the destination
+folder, fsync, then os.replace), so a crash never leaves a half-written file under the final name.
 
 - TUM trajectory: one line per pose, ``timestamp tx ty tz qx qy qz qw`` (scalar-last quaternion).
 - PLY: binary little-endian, vertex properties x, y, z (float32), red, green, blue (uchar), confidence (float32).
@@ -9,13 +9,12 @@ crash never leaves a half-written file under the final name.
 """
 from __future__ import annotations
 
-import io
 import os
-import secrets
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from ..atomic_io import atomic_write
 from .geometry import matrix_to_quat_xyzw, quat_xyzw_to_wxyz, quat_wxyz_to_matrix
 
 DEPTH_PNG_SCALE = 1000.0       # depth PNG value = depth in metres * 1000
@@ -23,53 +22,6 @@ CONFIDENCE_PNG_SCALE = 1000.0  # confidence PNG value = confidence * 1000
 
 _PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
                        ("blue", "u1"), ("confidence", "<f4")])
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through ``write(fileobj)`` into a temp file next to ``path``, fsync, then atomically replace.
-
-    The final file gets the mode a plain ``open(path, "wb")`` would give (0o666 & ~umask, default ACLs applied), not
-    mkstemp's 0600: the temporary is created by ``open(tmp, "xb")`` (O_CREAT | O_EXCL, mode 0o666 less the umask).
-    Its name is chosen before it exists and everything from its creation on runs inside the ``try``, so an exception
-    or a KeyboardInterrupt landing at any point removes it; ``path`` is always either the old file or the whole
-    new one.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    prefix = os.path.join(folder, "." + os.path.basename(path) + ".")
-    tmp: str | None = None
-    try:
-        for _ in range(100):  # a random 64-bit name does not collide in practice; O_EXCL guarantees it
-            tmp = prefix + secrets.token_hex(8) + ".tmp"
-            try:
-                f = open(tmp, "xb")
-                break
-            except FileExistsError:
-                tmp = None  # someone else's file: never remove it
-        else:
-            raise FileExistsError(f"atomic_write: no free temporary file name next to {path}")
-        with f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except BaseException:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        raise
-    try:  # make the rename itself durable (best effort: not every filesystem allows fsync on a folder)
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 # ----------------------------------------------------------------------------------------------------- TUM

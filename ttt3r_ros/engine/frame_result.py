@@ -1,7 +1,8 @@
 """One frame's outputs (``FrameResult``): poses on the host, dense maps on the model's device until read.
 
-Host copies are made once on first read and cached; on the CUDA fast path the engine hands over arrays it is
-already copying asynchronously (fresh pinned memory) with an event to wait for on the first read.
+The engine's last stage builds it from the step's outputs. Host copies are made once on first read and cached; on
+the CUDA fast path the engine hands over arrays it is already copying asynchronously (fresh pinned memory,
+``host_copies``) with an event to wait for on the first read.
 """
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ class FrameResult:
     def __init__(self, *, index: int, stream: int, timestamp: float, transform: ResizeCrop,
                  camera_to_world: np.ndarray, camera_to_world_model: np.ndarray, camera_to_base: np.ndarray,
                  points_camera: torch.Tensor, confidence: torch.Tensor, colour: torch.Tensor,
-                 update_rate: torch.Tensor | None, intrinsics_input: np.ndarray | None, was_reset: bool,
-                 chunk_index: int,
-                 timings_ms: dict[str, float], valid: bool = True, focal_pixel_stride: int = 1,
-                 gate: torch.Tensor | None = None, host: dict[str, np.ndarray] | None = None,
-                 host_ready: Any = None) -> None:
+                 gate: torch.Tensor | None, intrinsics_input: np.ndarray | None, was_reset: bool,
+                 chunk_index: int, timings_ms: dict[str, float], valid: bool = True, focal_pixel_stride: int = 1,
+                 host: dict[str, np.ndarray] | None = None, host_ready: Any = None) -> None:
+        """gate: [3] float32 (mean, min, max of the update rate: ``step_runner.gate_statistics``) on the device, or
+        None when ``host`` already holds it. host: arrays being copied from the device (ready once the CUDA event
+        ``host_ready`` has completed), keyed like ``numpy(name)`` plus 'gate'."""
         self.index = index
         self.stream = stream
         self.timestamp = timestamp
@@ -40,14 +42,15 @@ class FrameResult:
         self.was_reset = was_reset
         self.chunk_index = chunk_index
         self.timings_ms = timings_ms
-        self.valid = valid  # False: the network gave a non-finite pose (see BatchedReconstructor._invalid_frame)
+        # False: the network gave a non-finite pose, output or state (e.g. an fp16 overflow): do not publish this
+        # frame; the engine has reset the stream (BatchedReconstructor._result), a session may switch precision
+        # (session.build.Session.handle_invalid)
+        self.valid = valid
         self._camera_to_base = camera_to_base
         self._tensors: dict[str, torch.Tensor] = {"points_camera": points_camera, "confidence": confidence,
                                                   "colour": colour}
-        if gate is None and update_rate is not None:
-            gate = torch.stack([update_rate.float().mean(), update_rate.min().float(), update_rate.max().float()])
         if gate is None and not (host and "gate" in host):
-            raise ValueError("FrameResult needs update_rate, gate or a host 'gate'")
+            raise ValueError("FrameResult needs a gate tensor or a host 'gate'")
         self._gate = gate
         # host copies: prefetched by the fast path (fresh pinned arrays, still being written until host_ready, a
         # CUDA event, has completed), else made on first read

@@ -14,6 +14,7 @@ runs on the device that holds the point map.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -99,16 +100,6 @@ def matrix_to_quat_xyzw(r: np.ndarray) -> np.ndarray:
     return quat_wxyz_to_xyzw(matrix_to_quat_wxyz(r))
 
 
-def pose7_wxyz_to_matrix(pose: np.ndarray) -> np.ndarray:
-    """Model `camera_pose` (tx, ty, tz, qw, qx, qy, qz) -> 4x4. Works on [..., 7]."""
-    pose = np.asarray(pose, dtype=np.float64)
-    out = np.zeros(pose.shape[:-1] + (4, 4))
-    out[..., :3, :3] = quat_wxyz_to_matrix(pose[..., 3:7])
-    out[..., :3, 3] = pose[..., :3]
-    out[..., 3, 3] = 1.0
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------- SE(3)
 def make_se3(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
     t = np.eye(4)
@@ -142,24 +133,6 @@ def odom_from_camera(t_base_cam: np.ndarray, t_cam0_camt: np.ndarray) -> np.ndar
     """
     t_base_cam = np.asarray(t_base_cam, dtype=np.float64)
     return t_base_cam @ np.asarray(t_cam0_camt, dtype=np.float64) @ invert_se3(t_base_cam)
-
-
-def optical_to_body(t_optical: np.ndarray) -> np.ndarray:
-    """A motion expressed with optical axes on both sides -> the same motion with REP 103 body axes.
-
-    Same as ``odom_from_camera`` with a pure axis-swap mounting (camera at the base origin, looking along x).
-    """
-    return odom_from_camera(T_BODY_FROM_OPTICAL, t_optical)
-
-
-def body_to_optical(t_body: np.ndarray) -> np.ndarray:
-    """Inverse of ``optical_to_body``: a motion in REP 103 body axes -> the same motion in optical axes."""
-    return odom_from_camera(invert_se3(T_BODY_FROM_OPTICAL), t_body)
-
-
-def optical_points_to_body(points: np.ndarray) -> np.ndarray:
-    """Points [..., 3] in optical axes -> the same points in REP 103 body axes."""
-    return np.asarray(points) @ R_BODY_FROM_OPTICAL.T
 
 
 # ------------------------------------------------------------------------------------------------ intrinsics
@@ -229,22 +202,14 @@ def intrinsics_matrix(focal: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]])
 
 
-_PIXEL_GRID_CACHE: dict[tuple, torch.Tensor] = {}
-
-
+@functools.lru_cache(maxsize=16)  # a few image sizes per process
 def _pixel_grid(h: int, w: int, stride: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """[1, h*w, 2] pixel coordinates (u, v) of the pixels u = 0, s, 2s, ... and v = 0, s, 2s, ... (s = ``stride``),
-    cached per size, stride, dtype and device (a stream sees one size: built once, not every frame)."""
-    key = (h, w, stride, dtype, str(device))
-    grid = _PIXEL_GRID_CACHE.get(key)
-    if grid is None:
-        ys, xs = torch.meshgrid(torch.arange(0, h * stride, stride, device=device),
-                                torch.arange(0, w * stride, stride, device=device), indexing="ij")
-        grid = torch.stack([xs, ys], dim=-1).to(dtype).view(1, -1, 2)
-        if len(_PIXEL_GRID_CACHE) >= 16:  # a few image sizes per process; stay bounded anyway
-            _PIXEL_GRID_CACHE.clear()
-        _PIXEL_GRID_CACHE[key] = grid
-    return grid
+    cached per size, stride, dtype and device (a stream sees one size: built once, not every frame). Shared: never
+    modify it in place."""
+    ys, xs = torch.meshgrid(torch.arange(0, h * stride, stride, device=device),
+                            torch.arange(0, w * stride, stride, device=device), indexing="ij")
+    return torch.stack([xs, ys], dim=-1).to(dtype).view(1, -1, 2)
 
 
 def estimate_focal_weiszfeld(pts3d: torch.Tensor | np.ndarray, pp: torch.Tensor | np.ndarray | tuple,
@@ -299,26 +264,6 @@ def estimate_focal_weiszfeld(pts3d: torch.Tensor | np.ndarray, pp: torch.Tensor 
         focal = num / torch.mul(weight, dot_xy_xy, out=weighted).mean(dim=1)
     focal = focal.clip(min=0.0)
     return focal[0] if single else focal
-
-
-def chain_demo_poses(c2w_views: np.ndarray, reset_flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The reference demo's chunk chaining (SPEC §6.3), from per-view poses of the streaming loop.
-
-    ``c2w_views``: [T, 4, 4] poses of every processed view (including the overlap copies); ``reset_flags``: [T].
-    Drops every view whose predecessor is reset-flagged, then walks the kept views with a running base B
-    (identity at start): pose = B @ c2w; after a flagged view, B <- B @ c2w(that view).
-    Returns (kept view indices [K], chained poses [K, 4, 4]).
-    """
-    c2w_views = np.asarray(c2w_views, dtype=np.float64)
-    flags = np.asarray(reset_flags).astype(bool)
-    kept = [t for t in range(len(flags)) if not (t > 0 and flags[t - 1])]
-    base = np.eye(4)
-    chained = []
-    for t in kept:
-        chained.append(base @ c2w_views[t])
-        if flags[t]:
-            base = base @ c2w_views[t]
-    return np.asarray(kept, dtype=np.int64), np.stack(chained) if chained else np.zeros((0, 4, 4))
 
 
 def rotation_angle_rad(r: np.ndarray) -> float:

@@ -16,12 +16,13 @@ Both return the exact resize/crop bookkeeping (``geometry.ResizeCrop``) so intri
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .geometry import ResizeCrop
 
@@ -70,8 +71,9 @@ def plan_resize_crop(input_h: int, input_w: int, size: int = 512) -> ResizeCrop:
                       model_h=y1 - y0, model_w=x1 - x0)
 
 
-def _normalise_uint8(colour_bhwc: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,h,w,3] -> float32 [B,3,h,w] with the reference's op order: x/255 then (x - 0.5)/0.5."""
+def normalise_uint8(colour_bhwc: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,h,w,3] -> float32 [B,3,h,w] with the reference's op order: x/255 then (x - 0.5)/0.5 (the one
+    normalisation: both preprocessing paths and ``ttt3r-ros bench`` use it)."""
     x = colour_bhwc.permute(0, 3, 1, 2).to(torch.float32).div(255)
     return x.sub(0.5).div(0.5)
 
@@ -93,13 +95,6 @@ def validate_image(image: np.ndarray | torch.Tensor, what: str = "image") -> Non
         raise ValueError(f"{what}: empty image, shape {tuple(image.shape)}")
 
 
-def load_image_file(path: str) -> np.ndarray:
-    """Open an image file as the reference does (PIL, EXIF orientation applied, RGB) -> HxWx3 uint8."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img).convert("RGB")
-        return np.asarray(img).copy()
-
-
 def preprocess_pil(image: np.ndarray, size: int = 512) -> Preprocessed:
     """The reference path on one HxWx3 uint8 RGB numpy image -> [1,3,h,w] float32 CPU tensor."""
     validate_image(image)
@@ -112,7 +107,7 @@ def preprocess_pil(image: np.ndarray, size: int = 512) -> Preprocessed:
         img = img.resize((rc.resized_w, rc.resized_h), resample)
     img = img.crop((rc.x0, rc.y0, rc.x0 + rc.model_w, rc.y0 + rc.model_h))
     colour = torch.from_numpy(np.asarray(img).copy()).unsqueeze(0)
-    return Preprocessed(images=_normalise_uint8(colour), colour=colour, transform=rc)
+    return Preprocessed(images=normalise_uint8(colour), colour=colour, transform=rc)
 
 
 # ---------------------------------------------------------------------------------------- tensor (GPU) path
@@ -157,14 +152,11 @@ def pil_resample_matrix(in_size: int, out_size: int, downscale_filter: bool, qua
     return mat
 
 
-_MATRIX_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor, int, int]] = {}
-
-
-def _pass_matrices(rc: ResizeCrop, size: int, device: torch.device, dtype: torch.dtype, quantised: bool):
-    key = (rc, size, str(device), dtype, quantised)
-    hit = _MATRIX_CACHE.get(key)
-    if hit is not None:
-        return hit
+@functools.lru_cache(maxsize=32)  # a node sees one or two input sizes; keep the cache bounded anyway
+def _pass_matrices(rc: ResizeCrop, size: int, device: torch.device, dtype: torch.dtype, quantised: bool
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None, int, int]:
+    """(horizontal matrix [W_in, w] or None, vertical matrix [h, rows] or None, first and end input row the kept
+    output rows read), on ``device``; shared between callers, never modified."""
     downscale = max(rc.input_w, rc.input_h) > size
     mh = mv = None
     row_lo, row_hi = rc.y0, rc.y0 + rc.model_h
@@ -175,12 +167,8 @@ def _pass_matrices(rc: ResizeCrop, size: int, device: torch.device, dtype: torch
         nz = np.nonzero(np.any(full_v != 0, axis=0))[0]
         row_lo, row_hi = int(nz[0]), int(nz[-1]) + 1  # input rows the kept output rows read
         mv = full_v[:, row_lo:row_hi]
-    out = (None if mh is None else torch.as_tensor(mh.T.copy(), dtype=dtype, device=device),
-           None if mv is None else torch.as_tensor(mv, dtype=dtype, device=device), row_lo, row_hi)
-    if len(_MATRIX_CACHE) > 32:  # a node sees one or two input sizes; keep the cache bounded anyway
-        _MATRIX_CACHE.clear()
-    _MATRIX_CACHE[key] = out
-    return out
+    return (None if mh is None else torch.as_tensor(mh.T.copy(), dtype=dtype, device=device),
+            None if mv is None else torch.as_tensor(mv, dtype=dtype, device=device), row_lo, row_hi)
 
 
 def resize_matrices(input_h: int, input_w: int, size: int, device: torch.device | str,
@@ -213,7 +201,7 @@ def preprocess_torch(images: torch.Tensor, size: int = 512, precision: str = "ex
     rc = plan_resize_crop(h, w, size)
     if (rc.resized_h, rc.resized_w) == (h, w):
         colour = x[:, rc.y0:rc.y0 + rc.model_h, rc.x0:rc.x0 + rc.model_w].contiguous()
-        return Preprocessed(images=_normalise_uint8(colour), colour=colour, transform=rc)
+        return Preprocessed(images=normalise_uint8(colour), colour=colour, transform=rc)
     dtype = torch.float64 if precision == "exact" else torch.float32
     mh, mv, row_lo, row_hi = _pass_matrices(rc, size, x.device, dtype, quantised=True)
     inv = 1.0 / (1 << _PRECISION_BITS)
@@ -232,7 +220,7 @@ def preprocess_torch(images: torch.Tensor, size: int = 512, precision: str = "ex
         t = torch.matmul(mv, t)                            # vertical pass: [B,3,h_out,w_out]
         t = torch.floor((t + half) * inv).clamp_(0, 255)
     colour = t.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-    return Preprocessed(images=_normalise_uint8(colour), colour=colour, transform=rc)
+    return Preprocessed(images=normalise_uint8(colour), colour=colour, transform=rc)
 
 
 def preprocess(image: np.ndarray | torch.Tensor, size: int = 512, device: torch.device | str | None = None,

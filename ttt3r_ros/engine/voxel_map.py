@@ -290,3 +290,55 @@ class VoxelMap:
         self._main_slots = order.astype(np.int64)
         self._delta_keys = np.zeros(0, np.int64)
         self._delta_slots = np.zeros(0, np.int64)
+
+    # ------------------------------------------------------------------------------------------------ snapshots
+    # voxel arrays (N rows each) and the sorted key index (main + delta), with their dtypes
+    VOXEL_ARRAYS = {"key": np.int64, "pos": np.float32, "col": np.float32, "conf": np.float32,
+                     "weight": np.float64, "last": np.int64}
+    INDEX_ARRAYS = ("main_keys", "main_slots", "delta_keys", "delta_slots")
+
+    def export_state(self) -> tuple[dict[str, np.ndarray], dict[str, float | int]]:
+        """(arrays, values): copies of everything the map's future behaviour depends on, the key index included,
+        so a map rebuilt by ``from_state`` merges and evicts exactly as this one would."""
+        arrays = {name: getattr(self, "_" + name)[:self._n].copy() for name in self.VOXEL_ARRAYS}
+        arrays.update({name: getattr(self, "_" + name).copy() for name in self.INDEX_ARRAYS})
+        values = {"voxel_size": self.voxel_size, "max_points": self.max_points,
+                  "evict_fraction": self.evict_fraction, "delta_index_max": self.delta_index_max,
+                  "evicted_total": self.evicted_total, "dropped_total": self.dropped_total, "updates": self.updates}
+        return arrays, values
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], values: dict[str, float | int]) -> "VoxelMap":
+        """The map ``export_state`` described; ValueError when the parts do not fit together (wrong dtypes or
+        lengths, an index that is not sorted or does not cover every voxel exactly once)."""
+        out = cls(float(values["voxel_size"]), int(values["max_points"]), float(values["evict_fraction"]),
+                  int(values["delta_index_max"]))
+        n = int(np.asarray(arrays["key"]).shape[0])
+        for name, dtype in cls.VOXEL_ARRAYS.items():
+            a = np.asarray(arrays[name])
+            shape = (n, 3) if name in ("pos", "col") else (n,)
+            if a.dtype != dtype or a.shape != shape:
+                raise ValueError(f"voxel map: {name} must be {np.dtype(dtype)} {shape}, got {a.dtype} {a.shape}")
+        index = {name: np.asarray(arrays[name]) for name in cls.INDEX_ARRAYS}
+        for name, a in index.items():
+            if a.dtype != np.int64 or a.ndim != 1:
+                raise ValueError(f"voxel map: {name} must be int64 [K], got {a.dtype} {a.shape}")
+        keys = np.asarray(arrays["key"])
+        for part in ("main", "delta"):
+            k, s = index[f"{part}_keys"], index[f"{part}_slots"]
+            if k.shape != s.shape or np.any(np.diff(k) <= 0) or np.any((s < 0) | (s >= n)) \
+                    or not np.array_equal(keys[s], k):
+                raise ValueError(f"voxel map: the {part} key index does not match the voxels")
+        if not np.array_equal(np.sort(np.concatenate([index["main_slots"], index["delta_slots"]])), np.arange(n)):
+            raise ValueError("voxel map: the key index does not cover every voxel exactly once")
+        if n > out.max_points:
+            raise ValueError(f"voxel map: {n} voxels exceed its max_points {out.max_points}")
+        out._reserve(n)
+        for name in cls.VOXEL_ARRAYS:
+            getattr(out, "_" + name)[:n] = arrays[name]
+        for name, a in index.items():
+            setattr(out, "_" + name, a.copy())
+        out._n = n
+        out.evicted_total, out.dropped_total = int(values["evicted_total"]), int(values["dropped_total"])
+        out.updates = int(values["updates"])
+        return out

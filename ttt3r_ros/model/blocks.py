@@ -5,9 +5,10 @@ All attention goes through torch.nn.functional.scaled_dot_product_attention (no 
 The cross-attention can also return the TTT3R gate term of its queries (SPEC §6.1): the pre-softmax logit
 averaged over keys and heads, computed as q~ . mean_j(k~_j) after RoPE.
 
-`attention_impl = "explicit"` on an Attention/CrossAttention module switches it to the reference's explicit
-path (q@k^T*scale, softmax, @v; the gate then averages the materialised logits): for benchmarks that mimic the
-reference's execution only.
+`attention_impl = "explicit"` on an Attention/CrossAttention module (``set_attention_impl`` for every one under a
+module) switches it to the reference's explicit path (q@k^T*scale, softmax, @v; the gate then averages the
+materialised logits): for benchmarks that mimic the reference's execution only (``ttt3r-ros bench --baseline
+reference``).
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from torch import nn
 from .rope import RopeTable, apply_rope, apply_rope_fp16_recipe
 
 __all__ = ["Mlp", "Attention", "CrossAttention", "EncoderBlock", "DecoderBlock", "ModLN",
-           "ConditionModulationBlock", "RopeMode", "AttentionImpl"]
+           "ConditionModulationBlock", "RopeMode", "AttentionImpl", "ATTENTION_IMPLS", "set_attention_impl"]
 
 # "fp32": rotate in float32 (decoders); "fp16_recipe": the image encoder's float16 rounding (SPEC §3.2.1);
 # "none": no RoPE (pose memory).
 RopeMode = Literal["fp32", "fp16_recipe", "none"]
 AttentionImpl = Literal["sdpa", "explicit"]
+ATTENTION_IMPLS: tuple[str, ...] = ("sdpa", "explicit")
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -34,7 +36,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, scale=scale), None
     if impl != "explicit":
-        raise ValueError(f"attention_impl must be 'sdpa' or 'explicit', got {impl!r}")
+        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
     logits = (q @ k.transpose(-2, -1)) * scale
     return logits.softmax(dim=-1) @ v, logits
 
@@ -57,7 +59,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, out_dim or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        # a float32 stream into reduced-precision weights: the matmul runs in the weights' dtype (no-op otherwise)
+        return self.fc2(self.act(self.fc1(x.to(self.fc1.weight.dtype))))
 
 
 class Attention(nn.Module):
@@ -75,6 +78,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: Optional[RopeTable]) -> torch.Tensor:
         batch, tokens, channels = x.shape
+        x = x.to(self.qkv.weight.dtype)  # float32 stream, reduced weights: matmul in the weights' dtype
         # Same view layout as the reference ([B, H, 3, N, hd] then slices), so the encoder's float32 arithmetic
         # (which feeds the float16 casts) sees the same operations.
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).transpose(1, 3)
@@ -112,6 +116,9 @@ class CrossAttention(nn.Module):
         exactly as q~ . mean_j(k~_j) (RoPE acts on each key alone, so the mean commutes with it; SPEC §6.1).
         """
         batch, n_query, channels = query.shape
+        weights_dtype = self.projq.weight.dtype  # float32 stream, reduced weights: matmuls in the weights' dtype
+        query = query.to(weights_dtype)
+        key, value = (key.to(weights_dtype),) * 2 if value is key else (key.to(weights_dtype), value.to(weights_dtype))
         q = _rope(self._heads(self.projq(query)), qrope, self.rope_mode)
         k = _rope(self._heads(self.projk(key)), krope, self.rope_mode)
         v = self._heads(self.projv(value))
@@ -174,7 +181,7 @@ class ModLN(nn.Module):
         self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, dim * 2))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.mlp(cond).chunk(2, dim=-1)
+        shift, scale = self.mlp(cond.to(self.mlp[1].weight.dtype)).chunk(2, dim=-1)
         return self.norm(x) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
@@ -191,3 +198,13 @@ class ConditionModulationBlock(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, rope: Optional[RopeTable]) -> torch.Tensor:
         x = x + self.attn(self.norm1(x, cond), rope)
         return x + self.mlp(self.norm2(x, cond))
+
+
+def set_attention_impl(root: nn.Module, impl: AttentionImpl) -> int:
+    """Switch every Attention/CrossAttention under ``root`` (itself included) to ``impl``; returns how many."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    modules = [m for m in root.modules() if isinstance(m, (Attention, CrossAttention))]
+    for module in modules:
+        module.attention_impl = impl
+    return len(modules)

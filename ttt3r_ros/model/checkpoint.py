@@ -8,21 +8,37 @@ Aliases: each DPT adapter registers its four ``scratch.layerN_rn`` convolutions 
 ``scratch.layer_rn.{N-1}`` (SPEC §1.4), so ``state_dict()`` names 12 tensors twice. safetensors refuses shared
 storage, so :func:`save_safetensors` writes each tensor once and records the dropped names in the metadata;
 :func:`load_state_dict_file` and :func:`load_weights` put them back before the strict load.
+
+Hostile files: every tensor's layout (shape, strides, offset) is checked against the bytes the file really holds
+before any element is read, and a safetensors header's dtypes, shapes and offsets against the file size, so a small
+file cannot describe a huge tensor (an ``expand``-ed view, a storage shorter than its shape) that a comparison or a
+copy would then walk. Alias equality is checked only after that (and, when loading into a model, after the key and
+shape checks), so it never reads more than the file holds.
+
+Precision: :func:`save_safetensors` / :func:`convert_checkpoint` can write the floating-point tensors as float16 or
+bfloat16 (half the size, for 8 GB devices), one tensor at a time; the dtype is recorded in the metadata
+(``META_DTYPE``). Loading casts each file tensor once, straight into the model's own dtype.
 """
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
-import uuid
+import sys
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 
+from ..atomic_io import atomic_write
 from . import safe_pickle
+
+_log = logging.getLogger(__name__)
 
 OFFICIAL_CHECKPOINT_NAME = "cut3r_512_dpt_4_64.pth"
 WEIGHTS_HINT = (
@@ -35,6 +51,18 @@ META_ALIASES = "ttt3r_ros.aliases"  # JSON {alias name: original name}
 META_TRAINING_CONFIG = "ttt3r_ros.training_config"  # JSON of the .pth "args", as plain data
 META_SOURCE = "ttt3r_ros.source"  # file name the weights were converted from
 META_EPOCH = "ttt3r_ros.epoch"
+META_DTYPE = "ttt3r_ros.dtype"  # torch name of the floating-point tensors' dtype ("float32", "bfloat16", "float16")
+
+# safetensors dtype codes (the format's own names) <-> torch dtypes
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+_SAFETENSORS_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
+_SAFETENSORS_MAX_HEADER_BYTES = 100_000_000  # the format's own limit; the full model's header is ~100 KB
+_SAFETENSORS_ALIGN = 8  # header padded so the data (sorted by element size, largest first) stays aligned
 
 _DPT_ALIAS_RE = re.compile(r"^(?P<prefix>.*)\.scratch\.layer_rn\.(?P<index>[0-3])\.weight$")
 _LIST_LIMIT = 5  # how many names of each kind an error message shows
@@ -95,23 +123,29 @@ def _sniff_format(path: Path) -> str:
 
 
 def _read_torch(path: Path, file_format: str) -> Any:
+    file_bytes = path.stat().st_size
+    record_bytes: dict[str, int] | None = None
     if file_format == "torch-zip":
         try:
             with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
+                infos = archive.infolist()
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise CheckpointError(f"{path}: truncated or corrupt checkpoint (cannot read the zip archive: {exc})") \
                 from exc
+        names = [info.filename for info in infos]
         if any(name.endswith("/constants.pkl") for name in names):
             # torch.load would hand this to torch.jit.load, which runs TorchScript; we only read state dicts.
             raise CheckpointError(f"{path}: this is a TorchScript archive, not a weights checkpoint")
         if not any(name.endswith("/data.pkl") for name in names):
             raise CheckpointError(f"{path}: zip archive without data.pkl: not a PyTorch checkpoint")
+        # Storage records are "<archive>/data/<key>", stored uncompressed at exactly the storage's size.
+        record_bytes = {info.filename.split("/", 1)[1]: info.file_size for info in infos if "/" in info.filename}
     if os.getenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
         # torch then refuses any pickle_module; honour the request with torch's own weights-only loader (reads plain
-        # state dicts, refuses the OmegaConf config of the official file).
+        # state dicts, refuses the OmegaConf config of the official file). Layouts are checked afterwards
+        # (_check_layouts); mmap makes a storage record that claims more than the file a short slice, not a read.
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=file_format == "torch-zip")
         except Exception as exc:
             raise CheckpointError(f"{path}: torch's weights-only loader (forced by TORCH_FORCE_WEIGHTS_ONLY_LOAD) "
                                   f"cannot read it ({type(exc).__name__}: {str(exc).splitlines()[0]}); unset the "
@@ -119,8 +153,9 @@ def _read_torch(path: Path, file_format: str) -> Any:
                                   "file either") from exc
     try:
         # mmap keeps the 3 GB official file out of RAM until load_state_dict copies it into the model.
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=safe_pickle.pickle_module,
-                          mmap=file_format == "torch-zip")
+        with safe_pickle.storage_limits(safe_pickle.StorageLimits(file_bytes=file_bytes, record_bytes=record_bytes)):
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=safe_pickle.pickle_module,
+                              mmap=file_format == "torch-zip")
     except safe_pickle.UnsafePickleError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     except CheckpointError:
@@ -131,7 +166,36 @@ def _read_torch(path: Path, file_format: str) -> Any:
 
 def _is_tensor_mapping(value: Any) -> bool:
     return isinstance(value, Mapping) and len(value) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+        isinstance(k, str) and isinstance(v, (torch.Tensor, safe_pickle.RejectedTensor)) for k, v in value.items())
+
+
+def _listing(items: list[str]) -> str:
+    shown = "; ".join(items[:_LIST_LIMIT])
+    return shown + (f"; ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else "")
+
+
+def _layout_error(where: Any, problems: list[str]) -> CheckpointError:
+    return CheckpointError(f"{where}: refusing {len(problems)} tensor(s) with an unusable layout (checked on shapes, "
+                           f"strides and storage sizes; no element was read): {_listing(problems)}")
+
+
+def _check_layouts(where: Any, state_dict: Mapping[str, Any]) -> None:
+    """Every entry a tensor whose view stays inside its real storage, without overlap (integers only, no data read)."""
+    problems = []
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, safe_pickle.RejectedTensor):
+            problems.append(f"'{name}' ({str(tensor.dtype).replace('torch.', '')}, shape {list(tensor.shape)}): "
+                            f"{tensor.reason}")
+            continue
+        if tensor.device.type == "meta":
+            continue  # no data to read
+        storage_elements = tensor.untyped_storage().nbytes() // tensor.element_size()
+        problem = safe_pickle.tensor_layout_problem(tuple(tensor.shape), tuple(tensor.stride()),
+                                                    tensor.storage_offset(), storage_elements)
+        if problem is not None:
+            problems.append(f"'{name}' ({str(tensor.dtype).replace('torch.', '')}): {problem}")
+    if problems:
+        raise _layout_error(where, problems)
 
 
 def _strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -142,7 +206,7 @@ def _strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     return state_dict
 
 
-def _checkpoint_from_torch(path: Path, file_format: str, loaded: Any) -> Checkpoint:
+def _checkpoint_from_torch(path: Path, file_format: str, loaded: Any, verify_aliases: bool) -> Checkpoint:
     if _is_tensor_mapping(loaded):
         raw_state, rest = loaded, {}
     elif isinstance(loaded, Mapping) and _is_tensor_mapping(loaded.get("model")):
@@ -153,6 +217,7 @@ def _checkpoint_from_torch(path: Path, file_format: str, loaded: Any) -> Checkpo
             f"a {type(loaded).__name__}"
         raise CheckpointError(f"{path}: no state dict found (expected a dict of tensors or a dict with a 'model' "
                               f"entry holding one; got {what})")
+    _check_layouts(path, raw_state)  # before anything reads an element (aliases below compare data)
     state_dict = _strip_module_prefix({k: v.detach() for k, v in raw_state.items()})
     training_config = safe_pickle.to_plain_data(rest.pop("args")) if "args" in rest else None
     epoch = rest.pop("epoch", None)
@@ -161,19 +226,92 @@ def _checkpoint_from_torch(path: Path, file_format: str, loaded: Any) -> Checkpo
                       # optimizer/scaler states (if a training checkpoint kept them) are of no use here
                       other_entries={str(k): safe_pickle.to_plain_data(v) for k, v in rest.items()
                                      if k not in ("optimizer", "scaler")},
-                      aliases=find_aliases(state_dict, path))
+                      aliases=find_aliases(state_dict, path, verify=verify_aliases))
 
 
-def _read_safetensors(path: Path) -> Checkpoint:
-    from safetensors import safe_open
+def _safetensors_header(path: Path) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(header bytes, tensor entries, metadata) of a safetensors file, every entry checked against the file size.
 
+    Checked on the header alone, before any data is mapped: known dtype, non-negative integer shape, offsets that
+    span exactly shape x element size, lie inside the data section and do not overlap another tensor's.
+    """
+    file_bytes = path.stat().st_size
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if header_len > file_bytes - 8:
+            raise CheckpointError(f"{path}: truncated or corrupt safetensors file (header of {header_len:,} bytes "
+                                  f"does not fit in the file's {file_bytes:,} bytes)")
+        if header_len > _SAFETENSORS_MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: safetensors header of {header_len:,} bytes is over the format's limit "
+                                  f"of {_SAFETENSORS_MAX_HEADER_BYTES:,}")
+        raw = f.read(header_len)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            state_dict = {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as exc:  # SafetensorError for truncated headers/data
-        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({type(exc).__name__}: {exc})") \
-            from exc
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file (header is not JSON: {exc})") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors file (header is not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
+        raise CheckpointError(f"{path}: corrupt safetensors file (__metadata__ must map strings to strings)")
+    data_bytes = file_bytes - 8 - header_len
+    problems: list[str] = []
+    spans: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            problems.append(f"'{name}': entry is not {{dtype, shape, data_offsets}}")
+            continue
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _SAFETENSORS_DTYPES:
+            problems.append(f"'{name}': unknown dtype {dtype!r}")
+            continue
+        if not isinstance(shape, list) or not all(type(v) is int and v >= 0 for v in shape):
+            problems.append(f"'{name}': shape {shape!r} is not a list of non-negative integers")
+            continue
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(v) is int for v in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            problems.append(f"'{name}': data_offsets {offsets!r} are not [begin, end] with 0 <= begin <= end")
+            continue
+        begin, end = offsets
+        needed = math.prod(shape) * _SAFETENSORS_DTYPES[dtype].itemsize
+        if end - begin != needed:
+            problems.append(f"'{name}': {dtype} {shape} needs {needed:,} bytes but its data_offsets span "
+                            f"{end - begin:,}")
+        elif end > data_bytes:
+            problems.append(f"'{name}': data_offsets end at byte {end:,} but the file holds {data_bytes:,} bytes of "
+                            f"data (truncated or corrupt safetensors file)")
+        elif end > begin:
+            spans.append((begin, end, name))
+    spans.sort()
+    for (_, prev_end, prev_name), (begin, _, name) in zip(spans, spans[1:]):
+        if begin < prev_end:
+            problems.append(f"'{name}' overlaps '{prev_name}' in the file")
+    if problems:
+        raise CheckpointError(f"{path}: refusing the safetensors header ({len(problems)} bad entr"
+                              f"{'y' if len(problems) == 1 else 'ies'}; no data was read): {_listing(problems)}")
+    return header_len, header, metadata
+
+
+def _read_safetensors(path: Path, verify_aliases: bool) -> Checkpoint:
+    if sys.byteorder != "little":
+        raise CheckpointError(f"{path}: safetensors data is little-endian; this machine is not")
+    header_len, header, metadata = _safetensors_header(path)
+    data_start = 8 + header_len
+    # One private (copy-on-write) memory map of the file: tensors are views into it, so reading costs page cache,
+    # not a copy of the whole file, and load_state_dict's copy into the model is the only one.
+    mapped = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
+    state_dict: dict[str, torch.Tensor] = {}
+    for name, entry in header.items():
+        dtype, shape = _SAFETENSORS_DTYPES[entry["dtype"]], entry["shape"]
+        begin, end = entry["data_offsets"]
+        if begin == end:
+            state_dict[name] = torch.empty(shape, dtype=dtype)
+        elif (data_start + begin) % dtype.itemsize == 0:
+            state_dict[name] = torch.empty(0, dtype=dtype).set_(mapped, (data_start + begin) // dtype.itemsize, shape)
+        else:  # another writer's unaligned layout: one copy of this tensor
+            raw = torch.empty(0, dtype=torch.uint8).set_(mapped, data_start + begin, (end - begin,))
+            state_dict[name] = raw.clone().view(dtype).reshape(shape)
     aliases: dict[str, str] = {}
     if META_ALIASES in metadata:
         try:
@@ -184,7 +322,8 @@ def _read_safetensors(path: Path) -> Checkpoint:
             if original not in state_dict:
                 raise CheckpointError(f"{path}: alias '{alias}' refers to '{original}', which the file lacks")
             if alias in state_dict:
-                _check_alias_equal(path, alias, state_dict[alias], original, state_dict[original])
+                if verify_aliases:
+                    _check_alias_equal(path, alias, state_dict[alias], original, state_dict[original])
             else:
                 state_dict[alias] = state_dict[original]
     training_config = None
@@ -198,15 +337,20 @@ def _read_safetensors(path: Path) -> Checkpoint:
                       training_config=training_config, epoch=epoch, aliases=aliases, metadata=metadata)
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a ``.safetensors`` or ``.pth`` weights file safely (format detected from its first bytes)."""
+def load_checkpoint(path: str | os.PathLike[str], verify_aliases: bool = True) -> Checkpoint:
+    """Read a ``.safetensors`` or ``.pth`` weights file safely (format detected from its first bytes).
+
+    Tensor layouts are checked before any element is read (:class:`CheckpointError` naming the key). With
+    ``verify_aliases=False`` the equality of aliased copies is left to the caller (:func:`verify_aliases`), e.g. to
+    run after the key and shape checks against a model.
+    """
     path = Path(path)
     if not path.is_file():
         raise _missing_file_error(path)
     file_format = _sniff_format(path)
     if file_format == "safetensors":
-        return _read_safetensors(path)
-    return _checkpoint_from_torch(path, file_format, _read_torch(path, file_format))
+        return _read_safetensors(path, verify_aliases)
+    return _checkpoint_from_torch(path, file_format, _read_torch(path, file_format), verify_aliases)
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -227,17 +371,31 @@ def _storage_key(tensor: torch.Tensor) -> tuple | None:
 
 def _check_alias_equal(where: Any, alias: str, alias_tensor: torch.Tensor, original: str,
                        original_tensor: torch.Tensor) -> None:
-    if alias_tensor.shape != original_tensor.shape or not torch.equal(alias_tensor, original_tensor):
+    # Callers check layouts first (_check_layouts), so torch.equal reads at most the bytes the file holds.
+    if alias_tensor.shape != original_tensor.shape:
+        raise CheckpointError(f"{where}: '{alias}' must be the same tensor as '{original}' (an alias), but their "
+                              f"shapes differ ({list(alias_tensor.shape)} vs {list(original_tensor.shape)})")
+    same_view = _storage_key(alias_tensor) is not None and _storage_key(alias_tensor) == _storage_key(original_tensor)
+    if not same_view and not torch.equal(alias_tensor, original_tensor):
         raise CheckpointError(f"{where}: '{alias}' must be the same tensor as '{original}' (an alias), but the two "
                               f"differ")
 
 
-def find_aliases(state_dict: Mapping[str, torch.Tensor], where: Any = "state dict") -> dict[str, str]:
+def verify_aliases(checkpoint: Checkpoint) -> None:
+    """Check that each alias of ``checkpoint`` equals its original (for ``load_checkpoint(verify_aliases=False)``)."""
+    for alias, original in checkpoint.aliases.items():
+        _check_alias_equal(checkpoint.path, alias, checkpoint.state_dict[alias], original,
+                           checkpoint.state_dict[original])
+
+
+def find_aliases(state_dict: Mapping[str, torch.Tensor], where: Any = "state dict", verify: bool = True) \
+        -> dict[str, str]:
     """``{alias: original}`` for entries that are the same tensor as an earlier entry.
 
     Shared storage (how a ``.pth`` from ``torch.save(state_dict())`` stores them) and, for files that stored copies,
-    the DPT naming rule ``X.scratch.layer_rn.{i}.weight`` == ``X.scratch.layer{i+1}_rn.weight`` (equality checked).
-    The first name in state-dict order is the original, as in the reference manifest's ``alias_of``.
+    the DPT naming rule ``X.scratch.layer_rn.{i}.weight`` == ``X.scratch.layer{i+1}_rn.weight`` (equality checked
+    unless ``verify`` is False). The first name in state-dict order is the original, as in the reference manifest's
+    ``alias_of``. The tensors' layouts must have been checked (``_check_layouts``) before.
     """
     aliases: dict[str, str] = {}
     first_by_storage: dict[tuple, str] = {}
@@ -255,7 +413,8 @@ def find_aliases(state_dict: Mapping[str, torch.Tensor], where: Any = "state dic
             continue
         original = f"{match['prefix']}.scratch.layer{int(match['index']) + 1}_rn.weight"
         if original in state_dict:
-            _check_alias_equal(where, name, tensor, original, state_dict[original])
+            if verify:
+                _check_alias_equal(where, name, tensor, original, state_dict[original])
             aliases[name] = original
     return aliases
 
@@ -312,24 +471,32 @@ def compare_state_dict(state_dict: Mapping[str, torch.Tensor],
     return StateDictMismatch(missing, unexpected, wrong)
 
 
+def _fill_model_aliases(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) \
+        -> tuple[list[str], list[tuple[str, str]]]:
+    """Add the model's alias names (no data read); returns (names added, (name, first name) pairs to compare)."""
+    added: list[str] = []
+    to_compare: list[tuple[str, str]] = []
+    for names in model_alias_groups(model):
+        present = [n for n in names if n in state_dict]
+        if not present:
+            continue  # reported as missing by the comparison
+        to_compare.extend((other, present[0]) for other in present[1:])
+        for name in names:
+            if name not in state_dict:
+                state_dict[name] = state_dict[present[0]]
+                added.append(name)
+    return added, to_compare
+
+
 def fill_model_aliases(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, where: Any = "checkpoint") \
         -> list[str]:
     """Add the names under which ``model`` registers an already-present tensor again; returns the names added.
 
     Where the file holds several names of one group they must be equal (else :class:`CheckpointError`).
     """
-    added = []
-    for names in model_alias_groups(model):
-        present = [n for n in names if n in state_dict]
-        if not present:
-            continue  # reported as missing by the comparison
-        for other in present[1:]:
-            if state_dict[other].shape == state_dict[present[0]].shape:
-                _check_alias_equal(where, other, state_dict[other], present[0], state_dict[present[0]])
-        for name in names:
-            if name not in state_dict:
-                state_dict[name] = state_dict[present[0]]
-                added.append(name)
+    added, to_compare = _fill_model_aliases(state_dict, model)
+    for other, first in to_compare:
+        _check_alias_equal(where, other, state_dict[other], first, state_dict[first])
     return added
 
 
@@ -338,15 +505,18 @@ def match_model(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module, 
     """Fill the model's alias names, then compare keys and shapes (works for models on the meta device).
 
     Returns (state dict with aliases filled, alias names added, mismatch). Raises :class:`CheckpointError` naming
-    wrong shapes, and with ``strict`` also missing and unexpected keys.
+    wrong shapes, and with ``strict`` also missing and unexpected keys. Only names and shapes are looked at until
+    those pass; then aliased entries the file stores twice are compared.
     """
     state_dict = dict(state_dict)
-    filled = fill_model_aliases(state_dict, model, where)
+    filled, to_compare = _fill_model_aliases(state_dict, model)
     expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
     mismatch = compare_state_dict(state_dict, expected)
     if mismatch.wrong_shapes or (strict and not mismatch.ok):
         raise CheckpointError(f"{where} does not match the model ({type(model).__name__}, {len(expected)} "
                               f"state-dict entries; file has {len(state_dict)}):\n{mismatch.describe(strict)}")
+    for other, first in to_compare:
+        _check_alias_equal(where, other, state_dict[other], first, state_dict[first])
     return state_dict, filled, mismatch
 
 
@@ -359,23 +529,42 @@ class LoadReport:
     missing: list[str]
     unexpected: list[str]
     training_config: Any = None
+    casts: dict[str, int] = field(default_factory=dict)  # "bfloat16 -> float32": how many tensors were cast so
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _planned_casts(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, int]:
+    targets = model.state_dict(keep_vars=True)
+    counts = Counter(f"{_dtype_name(t.dtype)} -> {_dtype_name(targets[k].dtype)}" for k, t in state_dict.items()
+                     if k in targets and t.dtype != targets[k].dtype)
+    return dict(sorted(counts.items()))
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike[str], strict: bool = True,
                  assign: bool = False) -> LoadReport:
-    """Load a ``.safetensors``/``.pth`` file into ``model``, checking keys and shapes first.
+    """Load a ``.safetensors``/``.pth`` file into ``model``, checking layouts, then keys and shapes, then aliases.
 
     ``strict=True``: any missing or unexpected key raises :class:`CheckpointError` (naming them); wrong shapes always
-    raise. Tensors are converted to the model's dtype/device by ``load_state_dict`` (``assign=True`` instead takes
-    the file's tensors as they are, e.g. for a model built on the meta device).
+    raise. Each file tensor is copied once into the model's own parameter, cast to that parameter's dtype on the way
+    (a bfloat16 file into a bfloat16 model casts nothing; into a float32 model it is upcast, said in one log line):
+    never a second full copy of the weights. ``assign=True`` instead takes the file's tensors as they are, in the
+    file's dtype (e.g. for a model built on the meta device).
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, verify_aliases=False)  # aliases compared after the key/shape checks
     state_dict, filled, mismatch = match_model(checkpoint.state_dict, model, checkpoint.path, strict=strict)
+    verify_aliases(checkpoint)
+    casts = {} if assign else _planned_casts(state_dict, model)
+    if casts:
+        _log.info("%s: casting while loading (each tensor once, into the model's dtype): %s", checkpoint.path,
+                  ", ".join(f"{n} tensor(s) {kind}" for kind, n in casts.items()))
     result = model.load_state_dict(state_dict, strict=strict, assign=assign)
     return LoadReport(path=checkpoint.path, file_format=checkpoint.file_format,
                       tensors_loaded=len(state_dict) - len(mismatch.unexpected), aliases_filled=filled,
                       missing=list(result.missing_keys), unexpected=list(result.unexpected_keys),
-                      training_config=checkpoint.training_config)
+                      training_config=checkpoint.training_config, casts=casts)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -389,65 +578,96 @@ class SaveReport:
     aliases_dropped: dict[str, str]
     parameters: int  # elements of the tensors written (aliases counted once)
     bytes_written: int
+    dtype: torch.dtype | None = None  # what the floating-point tensors were written as (None: several, or none)
 
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str],
-                     metadata: Mapping[str, str] | None = None, training_config: Any = None) -> SaveReport:
-    """Write ``state_dict`` as safetensors, atomically (temporary file in the same folder, then rename).
+                     metadata: Mapping[str, str] | None = None, training_config: Any = None,
+                     dtype: torch.dtype | None = None) -> SaveReport:
+    """Write ``state_dict`` as safetensors, atomically (``ttt3r_ros.atomic_io``), one tensor at a time.
 
     Aliases (see :func:`find_aliases`) are written once; the dropped names go into the metadata (``META_ALIASES``)
     so :func:`load_state_dict_file` restores them. ``training_config`` (plain data) is stored as JSON text.
+    ``dtype`` (float32, float16 or bfloat16): floating-point tensors are cast to it, integer and bool tensors are
+    written as they are. Each tensor is cast and written before the next one is touched, so the extra memory is one
+    tensor, never a second copy of the state dict; the floating-point dtype is recorded as ``META_DTYPE``.
+    Overlapping or expanded views are refused (they would be written out element by element).
     """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    aliases = find_aliases(state_dict)
-    tensors: dict[str, torch.Tensor] = {}
-    seen_storage_ptrs: set[int] = set()
-    for name, tensor in state_dict.items():
-        if name in aliases:
-            continue
-        tensor = tensor.detach().to("cpu")
-        ptr = tensor.untyped_storage().data_ptr() if _storage_key(tensor) is not None else None
-        if ptr is not None and ptr in seen_storage_ptrs:
-            tensor = tensor.clone()  # another view of a storage already written: safetensors needs its own copy
-        elif ptr is not None:
-            seen_storage_ptrs.add(ptr)
-        tensors[name] = tensor.contiguous()
-    header: dict[str, str] = {"format": "pt"}
+    if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    header_meta: dict[str, str] = {"format": "pt"}
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"safetensors metadata must map str to str; got {key!r}: {type(value).__name__}")
-        header[key] = value
+        header_meta[key] = value
+    path = Path(path)
+    _check_layouts("state dict to save", state_dict)
+    aliases = find_aliases(state_dict)
+
+    def out_dtype(tensor: torch.Tensor) -> torch.dtype:
+        return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+
+    written = {name: tensor for name, tensor in state_dict.items() if name not in aliases}
+    unknown = sorted({str(out_dtype(t)) for t in written.values() if out_dtype(t) not in _SAFETENSORS_CODES})
+    if unknown:
+        raise TypeError(f"safetensors cannot store dtype(s) {unknown}")
+    # Largest elements first: with the header padded to 8 bytes every tensor starts aligned to its element size.
+    order = sorted(written, key=lambda n: (-out_dtype(written[n]).itemsize, n))
+    entries: dict[str, Any] = {}
+    offset = 0
+    for name in order:
+        tensor = written[name]
+        nbytes = tensor.numel() * out_dtype(tensor).itemsize
+        entries[name] = {"dtype": _SAFETENSORS_CODES[out_dtype(tensor)], "shape": list(tensor.shape),
+                         "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    float_dtypes = {out_dtype(t) for t in written.values() if t.is_floating_point()}
+    recorded_dtype = next(iter(float_dtypes)) if len(float_dtypes) == 1 else None
+    if recorded_dtype is not None:
+        header_meta[META_DTYPE] = _dtype_name(recorded_dtype)
     if aliases:
-        header[META_ALIASES] = json.dumps(aliases, sort_keys=True)
+        header_meta[META_ALIASES] = json.dumps(aliases, sort_keys=True)
     if training_config is not None:
-        header[META_TRAINING_CONFIG] = json.dumps(training_config, sort_keys=True, default=str)
+        header_meta[META_TRAINING_CONFIG] = json.dumps(training_config, sort_keys=True, default=str)
+    header = json.dumps({"__metadata__": header_meta, **entries}, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % _SAFETENSORS_ALIGN)
+    if sys.byteorder != "little":
+        raise RuntimeError("safetensors data is little-endian; writing it on a big-endian machine is not supported")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Name chosen before anything exists on disk, so an interrupt at any point leaves no stray temporary file;
-    # safetensors creates it with the process umask (mkstemp's 0600 would make the checkpoint private).
-    tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        save_file(tensors, tmp_name, metadata=header)
-        with open(tmp_name, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return SaveReport(path=path, tensors_written=len(tensors), aliases_dropped=aliases,
-                      parameters=sum(t.numel() for t in tensors.values()), bytes_written=path.stat().st_size)
+    def write(f: Any) -> None:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        for name in order:
+            tensor = written[name]
+            if tensor.numel() == 0:
+                continue
+            # One tensor at a time: cast (a no-op when the dtype already matches), then hand its bytes to the file.
+            chunk = tensor.detach().to(device="cpu", dtype=out_dtype(tensor)).contiguous()
+            f.write(chunk.reshape(-1).view(torch.uint8).numpy().data)
+            del chunk
+
+    atomic_write(path, write)
+    return SaveReport(path=path, tensors_written=len(written), aliases_dropped=aliases,
+                      parameters=sum(t.numel() for t in written.values()), bytes_written=path.stat().st_size,
+                      dtype=recorded_dtype)
 
 
-def convert_checkpoint(source: str | os.PathLike[str], destination: str | os.PathLike[str]) \
-        -> tuple[Checkpoint, SaveReport]:
-    """``.pth`` (or any readable weights file) -> ``.safetensors`` with aliases and training config recorded."""
+def convert_checkpoint(source: str | os.PathLike[str], destination: str | os.PathLike[str],
+                       dtype: torch.dtype | None = None) -> tuple[Checkpoint, SaveReport]:
+    """``.pth`` (or any readable weights file) -> ``.safetensors`` with aliases and training config recorded.
+
+    ``dtype``: write the floating-point tensors as float16/bfloat16 (half the file) or float32; None keeps them.
+    The source is memory-mapped (zip ``.pth`` and safetensors), so the conversion holds one cast tensor at a time.
+    """
     checkpoint = load_checkpoint(source)
+    report = save_safetensors(checkpoint.state_dict, destination, metadata=conversion_metadata(checkpoint),
+                              training_config=checkpoint.training_config, dtype=dtype)
+    return checkpoint, report
+
+
+def conversion_metadata(checkpoint: Checkpoint) -> dict[str, str]:
+    """Metadata a converted file records about its source (file name, epoch)."""
     metadata = {META_SOURCE: checkpoint.path.name}
     if checkpoint.epoch is not None:
         metadata[META_EPOCH] = str(checkpoint.epoch)
-    report = save_safetensors(checkpoint.state_dict, destination, metadata=metadata,
-                              training_config=checkpoint.training_config)
-    return checkpoint, report
+    return metadata

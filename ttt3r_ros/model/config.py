@@ -79,10 +79,6 @@ class ModelConfig:
         width = math.isqrt(self.state_size)
         return width + 1 if width % 2 == 1 else width
 
-    @property
-    def mem_dim(self) -> int:
-        return 2 * self.dec_embed_dim
-
     def validate(self) -> None:
         """Raise ConfigError for values this implementation cannot build or would build wrongly."""
         problems = []

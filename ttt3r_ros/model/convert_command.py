@@ -3,7 +3,12 @@
 The .pth is read with the restricted unpickler (no code from the file runs; its OmegaConf training config becomes
 plain JSON in the output's metadata). Aliased DPT tensors are written once and restored on load. With
 ``--check-config`` the model is built on the meta device (no memory) and the keys/shapes are verified before
-anything is written.
+anything is written. ``--dtype fp16|bf16`` writes the floating-point tensors at half size (an 8 GB Jetson cannot hold
+the float32 file and a cast copy at once): the source is memory-mapped and each tensor is cast and written before
+the next, so the conversion holds one tensor's cast, never a second copy of the model.
+
+Hostile files: every tensor's layout is checked against the bytes the file holds before any element is read (an
+``expand``-ed 10^12-element view over one stored float is refused by name, not written out).
 """
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from .checkpoint import (META_EPOCH, META_SOURCE, Checkpoint, CheckpointError, load_checkpoint, match_model,
-                         save_safetensors)
+from .checkpoint import (Checkpoint, CheckpointError, conversion_metadata, load_checkpoint, match_model,
+                         save_safetensors, verify_aliases)
 from .config import ConfigError, ModelConfig, config_from_dict, load_model_config
+from .fast import PRECISION_DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verify keys and shapes against this model config before writing: a preset name "
                              "(cut3r_512_dpt_4_64), a JSON file laid out like parity_tiny.json, or inline JSON")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--dtype", choices=tuple(PRECISION_DTYPES), default=None,
+                        help="write the floating-point tensors in this precision (fp16/bf16: half the file, for "
+                             "8 GB devices; integer and bool tensors are kept); default: as stored in IN")
 
 
 def _model_config(spec: str) -> ModelConfig:
@@ -53,15 +62,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {destination} exists (pass --overwrite to replace it)", file=sys.stderr)
         return 2
     try:
-        checkpoint = load_checkpoint(source)
+        # Layouts are checked while reading; aliased copies are compared after the key/shape check (if asked for).
+        checkpoint = load_checkpoint(source, verify_aliases=False)
         checked = None
         if args.check_config:
             checked = check_against_config(checkpoint, args.check_config)
-        metadata = {META_SOURCE: checkpoint.path.name}
-        if checkpoint.epoch is not None:
-            metadata[META_EPOCH] = str(checkpoint.epoch)
-        report = save_safetensors(checkpoint.state_dict, destination, metadata=metadata,
-                                  training_config=checkpoint.training_config)
+        verify_aliases(checkpoint)
+        report = save_safetensors(checkpoint.state_dict, destination, metadata=conversion_metadata(checkpoint),
+                                  training_config=checkpoint.training_config,
+                                  dtype=PRECISION_DTYPES[args.dtype] if args.dtype else None)
     except (FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -70,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     print(f"read {checkpoint.path} ({checkpoint.file_format}): {len(checkpoint.state_dict)} state-dict entries")
+    precision = str(report.dtype).replace("torch.", "") if report.dtype is not None else "mixed"
     print(f"wrote {report.path}: {report.tensors_written} tensors, {report.parameters:,} parameters, "
-          f"{report.bytes_written / 1e6:.1f} MB")
+          f"{report.bytes_written / 1e6:.1f} MB, floating-point tensors in {precision}")
     print(f"aliases handled: {len(report.aliases_dropped)} (stored once, restored on load)")
     for alias, original in list(report.aliases_dropped.items())[:3]:
         print(f"  {alias} -> {original}")

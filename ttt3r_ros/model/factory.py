@@ -3,6 +3,10 @@
 Precision (dtype argument):
 * float32 (default): the parity path. The image encoder still rounds q, k to float16 around RoPE as the
   reference does (SPEC §3.2.1); everything else is float32. Disable TF32 for parity on GPUs.
+* `stream_dtype` (default: `dtype`): the residual stream, the LayerNorms (parameters and arithmetic), the learned
+  tokens, the recurrent state and the pose memory. float32 with bfloat16/float16 weights keeps what autocast keeps
+  in float32 while every matmul and convolution still runs in the reduced dtype (the "-fp32state" precisions of
+  ttt3r_ros.model.fast.PRECISIONS).
 * bfloat16 / float16: encoder, decoders, pose memory, state and memory tensors in that dtype. What stays float32:
   RoPE angles and cos/sin tables (rotation computed in float32 and rounded once to the token dtype), the
   TTT3R gate (logit mean, sigmoid, rate), the downstream head (DPTs, final_transform, pose MLP: float32 by
@@ -72,7 +76,7 @@ def init_random_weights(model: TTT3RModel, seed: int = 0) -> None:
 
 def build_model(cfg: ModelConfig | str | os.PathLike, weights: Optional[str | os.PathLike] = None,
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
-                head_dtype: torch.dtype = torch.float32) -> TTT3RModel:
+                head_dtype: torch.dtype = torch.float32, stream_dtype: Optional[torch.dtype] = None) -> TTT3RModel:
     """Build the network from a ModelConfig, a preset name or a config JSON path.
 
     weights: None -> deterministic random init (seed); a .safetensors / .pth path -> strict load through
@@ -80,8 +84,10 @@ def build_model(cfg: ModelConfig | str | os.PathLike, weights: Optional[str | os
     device "meta" builds shapes only (no memory). The model is returned in eval mode.
     """
     config = load_model_config(cfg)
-    if dtype not in SUPPORTED_DTYPES or head_dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"dtype/head_dtype must be one of {SUPPORTED_DTYPES}, got {dtype}/{head_dtype}")
+    stream_dtype = stream_dtype or dtype
+    if not {dtype, head_dtype, stream_dtype} <= set(SUPPORTED_DTYPES):
+        raise ValueError(f"dtype/head_dtype/stream_dtype must be one of {SUPPORTED_DTYPES}, got "
+                         f"{dtype}/{head_dtype}/{stream_dtype}")
     device = torch.device(device)
     if weights is not None:
         if device.type == "meta":
@@ -90,21 +96,16 @@ def build_model(cfg: ModelConfig | str | os.PathLike, weights: Optional[str | os
 
         with torch.device("meta"):
             model = TTT3RModel(config)
+        # Dtypes are set while the model is still shapes only, so each file tensor is cast once, straight into its
+        # parameter: a bf16 file into a bf16 model casts nothing, and no float32 copy of the model ever exists.
+        set_precision(model, dtype, head_dtype, stream_dtype)
+        # Copy into freshly allocated parameters on the target device (one copy; the file stays memory-mapped).
+        # On the CPU this also matters for parity: the file's mapped tensors are not 64-byte aligned, and CPU BLAS
+        # results depend (at the last bit) on alignment, which the encoder's float16 casts can amplify (SPEC §3.2.1).
+        model.to_empty(device=device)
         # load_weights raises FileNotFoundError (with the hint where the official weights come from) or
         # CheckpointError naming missing/unexpected keys and wrong shapes.
-        if device.type == "cpu":
-            # Copy into freshly allocated parameters: the file's memory-mapped tensors are not 64-byte aligned,
-            # and CPU BLAS results depend (at the last bit) on alignment, which the encoder's float16 casts
-            # can amplify (SPEC §3.2.1).
-            model.to_empty(device=device)
-            load_weights(model, weights)
-        else:
-            # assign=True: the file's tensors become the parameters; .to(device) below is the only copy.
-            load_weights(model, weights, assign=True)
-        left_on_meta = [name for name, p in model.named_parameters() if p.is_meta]
-        if left_on_meta:
-            raise RuntimeError(f"parameters not loaded from {weights}: {left_on_meta[:10]}")
-        model.to(device=device, dtype=torch.float32)
+        load_weights(model, weights)
     elif device.type == "meta":
         with torch.device("meta"):
             model = TTT3RModel(config)
@@ -113,13 +114,25 @@ def build_model(cfg: ModelConfig | str | os.PathLike, weights: Optional[str | os
             model = TTT3RModel(config)
         model.to_empty(device=device)
         init_random_weights(model, seed)
-    set_precision(model, dtype, head_dtype)
+    set_precision(model, dtype, head_dtype, stream_dtype)
     return model.eval()
 
 
-def set_precision(model: TTT3RModel, dtype: torch.dtype, head_dtype: torch.dtype = torch.float32) -> TTT3RModel:
-    """Cast the trunk to `dtype` and the downstream head to `head_dtype` (see the module docstring)."""
+def set_precision(model: TTT3RModel, dtype: torch.dtype, head_dtype: torch.dtype = torch.float32,
+                  stream_dtype: Optional[torch.dtype] = None) -> TTT3RModel:
+    """Cast the trunk to `dtype`, its stream parameters to `stream_dtype` (default `dtype`) and the downstream head
+    to `head_dtype` (see the module docstring). The model's `stream_dtype` is read back from these parameters."""
     model.to(dtype)
+    stream_dtype = stream_dtype or dtype
+    if stream_dtype != dtype:
+        head = set(model.downstream_head.modules())
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm) and module not in head:
+                module.to(stream_dtype)
+        model.register_tokens.to(stream_dtype)  # S0 is computed from them in the stream dtype
+        for param in (model.pose_token, model.masked_img_token, model.masked_ray_map_token,
+                      model.pose_retriever.mem, model.pose_retriever.masked_token):
+            param.data = param.data.to(stream_dtype)
     model.downstream_head.to(head_dtype)
     model.refresh_constants()
     return model

@@ -25,16 +25,18 @@ Why each lever (H100, 512x384, batch 1, bf16; numbers in docs/speed_notes.md):
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable, Collection, Optional
 
 import torch
 
 from .network import TTT3RModel
-from .state import RecurrentState, StepOutput
+from .state import RecurrentState, StepOutput, finite_streams
 
 __all__ = ["FAST_LEVERS", "PARITY_SAFE_LEVERS", "FLOAT32_LEVERS", "default_levers", "enable_fast_path",
-           "fast_path_levers", "GraphedStep", "normalise_uint8_hwc", "compile_available", "PRECISION_NAMES",
-           "resolve_precision"]
+           "fast_path_levers", "GraphedStep", "compile_available", "Precision", "PRECISIONS", "PRECISION_DTYPES",
+           "PRECISION_NAMES", "CUDA_DEFAULT_PRECISION", "OVERFLOW_FALLBACK_PRECISION", "bf16_supported",
+           "precision_spec", "resolve_precision", "overflow_fallback"]
 
 FAST_LEVERS: tuple[str, ...] = ("compile", "compile_heads", "channels_last", "concurrent_decoders")
 # Levers that leave float32 results within the parity tolerances (H100, parity vectors, TF32 off, with the CUDA
@@ -46,26 +48,103 @@ PARITY_SAFE_LEVERS: tuple[str, ...] = ("channels_last", "concurrent_decoders")
 FLOAT32_LEVERS: tuple[str, ...] = ("concurrent_decoders",)
 
 
-# Precision names shared by the node's `precision` parameter, `ttt3r-ros map --precision` and the bench.
-PRECISION_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISION_NAMES: tuple[str, ...] = ("auto", *PRECISION_DTYPES)
+@dataclass(frozen=True)
+class Precision:
+    """One inference precision: the dtype of the weights (every matmul and convolution runs in it), of the
+    residual stream ("stream": the token streams between blocks, the LayerNorms and their parameters, the learned
+    tokens, the recurrent state and the pose memory) and of the downstream heads."""
+    weights: torch.dtype
+    stream: torch.dtype
+    heads: torch.dtype
+
+    @property
+    def uses_float16(self) -> bool:
+        """float16 somewhere: its range ends at 65504, so real activations can overflow (see `overflow_fallback`)."""
+        return torch.float16 in (self.weights, self.stream, self.heads)
+
+    @property
+    def uses_bfloat16(self) -> bool:
+        return torch.bfloat16 in (self.weights, self.stream, self.heads)
+
+
+# The one precision table: the node's `precision` parameter, `ttt3r-ros map --precision` and the bench take their
+# names from here. The uniform ones cast the whole model once (no autocast). "-fp32state": weights and matmuls in
+# the reduced dtype, residual stream, LayerNorms and recurrent state in float32 (CUT3R was trained under bf16
+# autocast, which keeps LayerNorms and the state in float32; a fully cast bf16 trunk and state drifted twice as much
+# as autocast on KITTI, issue 11). Drift and speed of each: `ttt3r-ros bench --mode drift` (docs/speed_notes.md).
+PRECISIONS: dict[str, Precision] = {
+    "fp32": Precision(torch.float32, torch.float32, torch.float32),
+    "bf16": Precision(torch.bfloat16, torch.bfloat16, torch.bfloat16),
+    "fp16": Precision(torch.float16, torch.float16, torch.float16),
+    "bf16-fp32state": Precision(torch.bfloat16, torch.float32, torch.bfloat16),
+    "fp16-fp32state": Precision(torch.float16, torch.float32, torch.float16),
+}
+# The uniform precisions (one dtype for the whole model): what a checkpoint file can be written in.
+PRECISION_DTYPES: dict[str, torch.dtype] = {name: p.weights for name, p in PRECISIONS.items()
+                                            if p.weights == p.stream == p.heads}
+PRECISION_NAMES: tuple[str, ...] = ("auto", *PRECISIONS)
+# What 'auto' means on CUDA. fp16: the same speed as bf16 with a quarter of autocast-bf16's drift on KITTI
+# (issue 11; confirm with the drift table in docs/speed_notes.md); its overflow risk on real weights is guarded by the
+# session (`overflow_fallback`). Elsewhere 'auto' is fp32 (on a CPU reduced precision is not faster; fp32 is the
+# parity path).
+CUDA_DEFAULT_PRECISION = "fp16"
+# Where a float16 precision goes after a non-finite output or state (session.build.Session.handle_invalid): bf16's
+# exponent range is float32's, so a float16 overflow cannot recur, at the fast path's speed (fp32 would be ~8x
+# slower); its float32 stream and state keep autocast's accuracy where the bf16 trunk alone did not.
+OVERFLOW_FALLBACK_PRECISION = "bf16-fp32state"
 # Marks a model whose levers were switched on (enable_fast_path is idempotent per model instance).
 _LEVERS_ATTR = "_ttt3r_fast_path_levers"
 
 
-def resolve_precision(name: str, device: torch.device | str) -> tuple[str, torch.dtype, torch.dtype]:
-    """A precision name -> (resolved name, weights dtype, head dtype).
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether the device runs bfloat16 natively (CPUs: always; CUDA: compute capability 8.0+, not emulated)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older torch: no emulation flag
+        return bool(torch.cuda.is_bf16_supported())
 
-    'auto' is bf16 on CUDA (the measured fast path: docs/speed_notes.md) and fp32 elsewhere (on a CPU bf16 is
-    not faster and fp32 is the parity path). A reduced precision casts the whole model, heads included, once
-    (no autocast), as `ttt3r-ros bench` measures it.
+
+def precision_spec(name: str) -> Precision:
+    """A resolved precision name (not 'auto') -> its dtypes."""
+    try:
+        return PRECISIONS[name]
+    except KeyError:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_NAMES)}, got {name!r}") from None
+
+
+def resolve_precision(name: str, device: torch.device | str,
+                      log: Optional[Callable[[str], None]] = None) -> tuple[str, torch.dtype, torch.dtype]:
+    """A precision name -> (resolved name, weights dtype, head dtype); `precision_spec(resolved)` has the stream.
+
+    'auto' is CUDA_DEFAULT_PRECISION on CUDA and fp32 elsewhere; where the card lacks native bf16 support an 'auto'
+    that would use bf16 becomes fp16 instead (`log` gets one line saying so). An explicit bf16 precision on such a
+    card is an error (no silent change of what was asked for).
     """
+    device = torch.device(device)
     if name == "auto":
-        name = "bf16" if torch.device(device).type == "cuda" else "fp32"
-    if name not in PRECISION_DTYPES:
-        raise ValueError(f"precision must be one of {', '.join(PRECISION_NAMES)}, got {name!r}")
-    dtype = PRECISION_DTYPES[name]
-    return name, dtype, dtype
+        name = CUDA_DEFAULT_PRECISION if device.type == "cuda" else "fp32"
+        if precision_spec(name).uses_bfloat16 and not bf16_supported(device):
+            if log is not None:
+                log(f"precision:=auto: {torch.cuda.get_device_name(device)} has no native bfloat16, "
+                    f"using fp16 instead of {name}")
+            name = "fp16"
+    spec = precision_spec(name)
+    if spec.uses_bfloat16 and not bf16_supported(device):
+        raise ValueError(f"precision {name} needs bfloat16, which {torch.cuda.get_device_name(device)} does not "
+                         "support natively; use fp16 or fp32")
+    return name, spec.weights, spec.heads
+
+
+def overflow_fallback(name: str, device: torch.device | str) -> Optional[str]:
+    """The precision to switch to after a non-finite output or state in precision `name`, or None where `name`
+    has float32's range (a non-finite value there is not a float16 overflow; switching would not help).
+    OVERFLOW_FALLBACK_PRECISION where the device runs bf16 natively, else fp32."""
+    if not precision_spec(name).uses_float16:
+        return None
+    return OVERFLOW_FALLBACK_PRECISION if bf16_supported(device) else "fp32"
 
 
 def fast_path_levers(model: torch.nn.Module) -> Optional[tuple[str, ...]]:
@@ -156,12 +235,6 @@ def _compile_blocks(model: TTT3RModel) -> None:
         block.forward = torch.compile(block.forward, dynamic=False)
 
 
-def normalise_uint8_hwc(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 [B, H, W, 3] RGB -> [B, 3, H, W] in [-1, 1]: (x/255 - 0.5)/0.5 as the reference, in float32."""
-    x = frames.permute(0, 3, 1, 2).to(torch.float32)
-    return (x / 255.0 - 0.5).div_(0.5).to(dtype)
-
-
 PostProcess = Callable[[StepOutput, torch.Tensor], dict[str, torch.Tensor]]
 # raw uint8 [B, H_in, W_in, 3] frames -> (float [B, 3, H, W] model input, extra device outputs such as the colour)
 Prepare = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -175,19 +248,19 @@ class GraphedStep:
     exactly like successive `model.step` calls (same kernels in the same order). The reset/update masks are
     static inputs too, so one graph serves every combination of them.
 
-    images: float [B, 3, H, W] in [-1, 1] (uint8_input=False; any float dtype: it is cast to the model's dtype on
-    the copy into the static buffer, as `model.step` casts its input) or uint8 [B, H, W, 3] RGB (uint8_input=True; the
-    normalisation then runs inside the graph). `postprocess(out, images_as_given)` may add device tensors computed
-    inside the graph (e.g. world points); they are returned by `step` as `extras`. Every returned tensor is a
-    static buffer that the next call overwrites: copy what you keep.
+    images: float [B, 3, H, W] in [-1, 1] (any float dtype: it is cast to the model's dtype on the copy into the
+    static buffer, as `model.step` casts its input). `postprocess(out, images_as_given)` may add device tensors
+    computed inside the graph (e.g. world points); they are returned by `step` as `extras`. Every returned tensor is
+    a static buffer that the next call overwrites: copy what you keep.
 
-    `prepare` + `input_size=(H_in, W_in)`: the step takes raw uint8 [B, H_in, W_in, 3] frames and `prepare` (e.g.
-    the engine's resize/crop/normalise) runs inside the graph too; its extra outputs join `extras`. This takes the
-    ~15 small preprocessing kernels of a resized frame off the host's critical path (same kernels, same results).
+    `prepare` + `input_size=(H_in, W_in)`: the step takes raw uint8 [B, H_in, W_in, 3] frames instead and
+    `prepare` (e.g. the engine's resize/crop/normalise, `ttt3r_ros.engine.preprocess`) turns them into the model
+    input inside the graph; its extra outputs join `extras`. This takes the preprocessing kernels off the host's
+    critical path (same kernels, same results).
     """
 
     def __init__(self, model: TTT3RModel, batch_size: int, height: int, width: int, update_rule: str = "ttt3r",
-                 heads: Collection[str] = ("self",), uint8_input: bool = False,
+                 heads: Collection[str] = ("self",),
                  postprocess: Optional[PostProcess] = None, warmup_steps: int = 3,
                  prepare: Optional[Prepare] = None, input_size: Optional[tuple[int, int]] = None) -> None:
         if model.device.type != "cuda":
@@ -195,18 +268,14 @@ class GraphedStep:
         self.model = model
         self.update_rule = update_rule
         self.heads = tuple(heads)
-        self.uint8_input = uint8_input
         self.postprocess = postprocess
         self.prepare = prepare
         device = model.device
         if prepare is not None:
             if input_size is None:
                 raise ValueError("GraphedStep: prepare needs input_size=(H_in, W_in) of the raw uint8 frames")
-            self.uint8_input = True
             self.static_images = torch.zeros(batch_size, int(input_size[0]), int(input_size[1]), 3,
                                              dtype=torch.uint8, device=device)
-        elif uint8_input:
-            self.static_images = torch.zeros(batch_size, height, width, 3, dtype=torch.uint8, device=device)
         else:
             self.static_images = torch.zeros(batch_size, 3, height, width, dtype=model.dtype, device=device)
         self.static_reset = torch.zeros(batch_size, dtype=torch.bool, device=device)
@@ -232,8 +301,6 @@ class GraphedStep:
         pre_extras: dict[str, torch.Tensor] = {}
         if self.prepare is not None:
             images, pre_extras = self.prepare(self.static_images)
-        elif self.uint8_input:
-            images = normalise_uint8_hwc(self.static_images, self.model.dtype)
         else:
             images = self.static_images
         out, new_state = self.model.step(images, self._state, update_rule=self.update_rule,
@@ -241,6 +308,8 @@ class GraphedStep:
         self._state.state.copy_(new_state.state)
         self._state.mem.copy_(new_state.mem)
         self._state.fresh.copy_(new_state.fresh)
+        # per stream: outputs and new state finite (a float16 overflow shows here), read with the pose, no sync
+        self._finite = finite_streams(out, new_state)
         extras = dict(pre_extras)
         if self.postprocess is not None:
             extras.update(self.postprocess(out, self.static_images))
@@ -249,7 +318,7 @@ class GraphedStep:
     def step(self, images: torch.Tensor, reset: Optional[torch.Tensor] = None,
              update: Optional[torch.Tensor] = None) -> StepOutput:
         """One view per stream. Host images should be pinned (asynchronous upload); GPU images are copied in."""
-        dtype_ok = (images.dtype == self.static_images.dtype if self.uint8_input
+        dtype_ok = (images.dtype == self.static_images.dtype if self.prepare is not None
                     else images.is_floating_point())
         if images.shape != self.static_images.shape or not dtype_ok:
             raise ValueError(f"GraphedStep was captured for images {tuple(self.static_images.shape)} "
@@ -270,6 +339,12 @@ class GraphedStep:
     def extras(self) -> dict[str, torch.Tensor]:
         """The postprocess outputs of the last step (static buffers)."""
         return self._extras
+
+    @property
+    def finite(self) -> torch.Tensor:
+        """[B] bool static buffer: per stream, whether the last step's outputs and new state are all finite
+        (`finite_streams`)."""
+        return self._finite
 
     @property
     def state(self) -> RecurrentState:

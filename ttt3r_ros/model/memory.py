@@ -28,9 +28,14 @@ class PoseMemory(nn.Module):
         self.read_blocks = nn.ModuleList(
             [DecoderBlock(2 * value_dim, num_heads, mlp_ratio, eps, "none") for _ in range(depth)])
 
+    def _project(self, image_feat: torch.Tensor) -> torch.Tensor:
+        """proj_q in the weights' dtype, back in the stream's (the masked token's dtype; the same unless the model
+        keeps a float32 stream with reduced weights)."""
+        return self.proj_q(image_feat.to(self.proj_q.weight.dtype)).to(self.masked_token.dtype)
+
     def inquire(self, image_feat: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
         """Pose token [B, 1, D] from the image-level feature [B, 1, C_enc] and the memory [B, M, 2D]."""
-        x = self.proj_q(image_feat)
+        x = self._project(image_feat)
         x = torch.cat([x, self.masked_token.expand(x.shape[0], -1, -1)], dim=-1)
         for block in self.read_blocks:
             x, _ = block(x, mem, None, None)
@@ -38,7 +43,7 @@ class PoseMemory(nn.Module):
 
     def update_mem(self, mem: torch.Tensor, image_feat: torch.Tensor, pose_feat: torch.Tensor) -> torch.Tensor:
         """New memory [B, M, 2D]: the slots attend to [proj_q(image feature) ; decoded pose token]."""
-        feat = torch.cat([self.proj_q(image_feat), pose_feat], dim=-1)
+        feat = torch.cat([self._project(image_feat), pose_feat], dim=-1)
         for block in self.write_blocks:
             mem, _ = block(mem, feat, None, None)
         return mem

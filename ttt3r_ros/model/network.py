@@ -106,6 +106,12 @@ class TTT3RModel(nn.Module):
         return self.decoder_embed.weight.dtype
 
     @property
+    def stream_dtype(self) -> torch.dtype:
+        """dtype of the residual stream, LayerNorms, recurrent state and pose memory: `dtype`, or float32 where
+        `set_precision` kept the stream in float32 under reduced-precision weights."""
+        return self.enc_norm.weight.dtype
+
+    @property
     def device(self) -> torch.device:
         return self.decoder_embed.weight.device
 
@@ -124,7 +130,11 @@ class TTT3RModel(nn.Module):
     def initial_state_tokens(self) -> torch.Tensor:
         """S0 = decoder_embed_state(register_tokens.weight) [S, D]: constant, computed once and cached."""
         if self._initial_state_tokens is None:
-            self._initial_state_tokens = self.decoder_embed_state(self.register_tokens.weight)
+            # in the stream's dtype (the weights' unless the stream is kept in float32): S0 is where the state starts
+            stream, linear = self.stream_dtype, self.decoder_embed_state
+            bias = None if linear.bias is None else linear.bias.to(stream)
+            self._initial_state_tokens = torch.nn.functional.linear(
+                self.register_tokens.weight.to(stream), linear.weight.to(stream), bias)
         return self._initial_state_tokens
 
     def rope_tables(self, grid_hw: tuple[int, int]) -> RopeTables:
@@ -148,7 +158,7 @@ class TTT3RModel(nn.Module):
     # -- stages ---------------------------------------------------------------------------------------------------
     def encode(self, images: torch.Tensor, tables: RopeTables) -> torch.Tensor:
         """Image [B, 3, H, W] -> encoder tokens F [B, N, C] (after enc_norm)."""
-        x = self.patch_embed(images)
+        x = self.patch_embed(images).to(self.stream_dtype)
         for block in self.enc_blocks:
             x = block(x, tables.encoder)
         return self.enc_norm(x)
@@ -160,7 +170,8 @@ class TTT3RModel(nn.Module):
         Returns (candidate state [B, S, D], the three decoder head taps [Y_a', Y_b', dec_norm(Y_L)],
         gate logit [B, S] float32: mean over layers, heads and keys of the state cross-attention logits).
         """
-        y = torch.cat([pose_feat, self.decoder_embed(enc_feat)], dim=1)
+        embedded = self.decoder_embed(enc_feat.to(self.dtype)).to(self.stream_dtype)
+        y = torch.cat([pose_feat, embedded], dim=1)
         x = state_tokens
         hooks = self.cfg.dpt_hooks
         taps: list[torch.Tensor] = []
@@ -232,9 +243,9 @@ class TTT3RModel(nn.Module):
                       else reset.to(device=device, dtype=torch.bool))
         grid_hw = (height // patch, width // patch)
         tables = self.rope_tables(grid_hw)
-        dtype = self.dtype
-        state_in = state.state.to(dtype)
-        mem_in = state.mem.to(dtype)
+        dtype, stream = self.dtype, self.stream_dtype
+        state_in = state.state.to(stream)
+        mem_in = state.mem.to(stream)
         fresh = state.fresh.to(device=device, dtype=torch.bool)
 
         enc_feat = self.encode(images.to(dtype), tables)
@@ -251,12 +262,12 @@ class TTT3RModel(nn.Module):
         gate = torch.sigmoid(gate_logit)
         rate = rule(gate, fresh) * update_mask[:, None].to(gate.dtype)
         rate_tokens = rate[..., None]
-        next_state = (state_new * rate_tokens + state_in * (1 - rate_tokens)).to(dtype)
+        next_state = (state_new * rate_tokens + state_in * (1 - rate_tokens)).to(stream)
         next_mem = torch.where(update_mask[:, None, None], mem_new, mem_in)
         # Reset (SPEC §4 step 8): after this view, back to the initial state; the next view is fresh.
-        s0 = self.initial_state_tokens().to(dtype)
+        s0 = self.initial_state_tokens().to(stream)
         next_state = torch.where(reset_mask[:, None, None], s0.unsqueeze(0), next_state)
-        next_mem = torch.where(reset_mask[:, None, None], self.pose_retriever.mem.to(dtype), next_mem)
+        next_mem = torch.where(reset_mask[:, None, None], self.pose_retriever.mem.to(stream), next_mem)
         next_recurrent = RecurrentState(next_state, next_mem, reset_mask.clone())
 
         intermediates = None

@@ -9,7 +9,14 @@ through here):
 
 * Tensors and storages: only through torch's tensor-rebuild functions, wrapped so their arguments are checked
   (storage object, integer sizes, no backward hooks) before torch sees them. Storage bytes come from torch's own
-  ``persistent_load`` (we are plugged into ``torch.load`` as ``pickle_module``).
+  ``persistent_load`` (we are plugged into ``torch.load`` as ``pickle_module``), whose storage records are checked
+  first against the real sizes in the file (:func:`storage_limits`): a record claiming more bytes than the file holds
+  is refused before torch allocates it.
+* Tensor layouts are checked on integers only, before any element is read (:func:`tensor_layout_problem`): negative
+  strides, overlapping or expanded (stride-0) views and views reaching past their storage become a
+  :class:`RejectedTensor` placeholder, which the checkpoint reader reports under the tensor's key. (A 2 KB file can
+  otherwise describe a 10^12-element "tensor" over one stored float, and any later comparison or ``.contiguous()``
+  walks all of it.)
 * Plain data: builtin containers and scalars, ``OrderedDict``, ``defaultdict`` (read as a plain dict), torch
   dtypes / devices / sizes, ``bytes`` via ``_codecs.encode`` (how protocol 2 stores bytes).
 * Any other class (OmegaConf ``DictConfig``/``ListConfig``/nodes/metadata, ``typing.Any``, enums, numpy scalars,
@@ -25,11 +32,14 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import contextlib
+import contextvars
 import io
 import math
 import pickle
 import types
-from typing import Any, BinaryIO, Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -111,6 +121,113 @@ class _SafeCallable:
         return f"_SafeCallable({self.label})"
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Tensor layouts and storage sizes, checked on integers before any data is touched
+
+
+class RejectedTensor:
+    """Stands in for a tensor whose recorded layout is unusable (see :func:`tensor_layout_problem`).
+
+    No tensor was made and no element read; the checkpoint reader turns it into an error naming the key.
+    """
+
+    __slots__ = ("reason", "shape", "dtype")
+
+    def __init__(self, reason: str, shape: Sequence[int], dtype: torch.dtype | None) -> None:
+        self.reason = reason
+        self.shape = tuple(shape)
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"RejectedTensor({list(self.shape)}, {self.dtype}: {self.reason})"
+
+
+def tensor_layout_problem(shape: Sequence[int], stride: Sequence[int], storage_offset: int,
+                          storage_elements: int) -> str | None:
+    """Why a view (shape, stride, offset, in elements) over a storage of ``storage_elements`` is unusable, or None.
+
+    Refused: negative sizes/strides/offsets; two indices reaching one element (stride 0 on a dimension longer than
+    one, as ``expand`` makes, or strides that interleave); a last element beyond the storage. A usable view therefore
+    never has more elements than its storage really holds, so reading it costs at most the file's own bytes.
+    Pure integer arithmetic (Python ints: no overflow), O(ndim log ndim).
+    """
+    if len(shape) != len(stride):
+        return f"{len(shape)} sizes but {len(stride)} strides"
+    if any(type(v) is not int for v in (*shape, *stride, storage_offset)):
+        return "non-integer size, stride or offset"
+    if any(size < 0 for size in shape):
+        return f"negative size in shape {list(shape)}"
+    if storage_offset < 0:
+        return f"negative storage offset {storage_offset}"
+    if any(step < 0 for step in stride):
+        return f"negative stride {list(stride)}"
+    if any(size == 0 for size in shape):
+        return None  # no element: nothing to read
+    # Walk the dimensions from the finest stride up: each stride must step past everything the finer ones reach,
+    # else two indices share an element.
+    reach = 0  # furthest element offset reachable with the dimensions seen so far
+    for step, size in sorted((st, sz) for st, sz in zip(stride, shape) if sz > 1):
+        if step <= reach:
+            what = "stride 0 (an expanded view" if step == 0 else f"stride {step} (an overlapping view"
+            return (f"{what}: shape {list(shape)}, strides {list(stride)} make {math.prod(shape):,} elements out "
+                    f"of a storage of {storage_elements:,})")
+        reach += step * (size - 1)
+    needed = storage_offset + reach + 1
+    if needed > storage_elements:
+        return (f"shape {list(shape)}, strides {list(stride)} and offset {storage_offset} need {needed:,} elements "
+                f"but its storage holds {storage_elements:,} (truncated or forged storage)")
+    return None
+
+
+@dataclass(frozen=True)
+class StorageLimits:
+    """What the file really holds, for checking torch's storage records before torch allocates them.
+
+    ``record_bytes``: size of each zip record (``"data/<key>"`` -> bytes) of a zip checkpoint, None for the legacy
+    format; ``file_bytes``: size of the whole file (no legacy storage can be larger).
+    """
+
+    file_bytes: int
+    record_bytes: Mapping[str, int] | None = None
+
+
+_STORAGE_LIMITS: contextvars.ContextVar[StorageLimits | None] = contextvars.ContextVar("storage_limits", default=None)
+
+
+@contextlib.contextmanager
+def storage_limits(limits: StorageLimits) -> Iterator[None]:
+    """Check every storage record unpickled inside this block against ``limits`` (see :class:`StorageLimits`)."""
+    token = _STORAGE_LIMITS.set(limits)
+    try:
+        yield
+    finally:
+        _STORAGE_LIMITS.reset(token)
+
+
+def _check_storage_record(saved_id: Any) -> None:
+    """Refuse a storage record claiming more bytes than the file can hold (torch would allocate or map them)."""
+    _require(isinstance(saved_id, tuple) and len(saved_id) >= 5, "bad storage record")
+    typename = saved_id[0].decode("ascii") if isinstance(saved_id[0], bytes) else saved_id[0]
+    _require(typename == "storage", f"unexpected persistent record {typename!r}")
+    storage_type, key, numel = saved_id[1], saved_id[2], saved_id[4]
+    _require(type(numel) is int and numel >= 0, "storage size must be a non-negative integer")
+    dtype = torch.uint8 if storage_type is torch.UntypedStorage else getattr(storage_type, "dtype", None)
+    _require(isinstance(dtype, torch.dtype), "bad storage type")
+    claimed = numel * torch._utils._element_size(dtype)
+    limits = _STORAGE_LIMITS.get()
+    if limits is None:
+        return
+    key_name = key.decode("ascii", "replace") if isinstance(key, bytes) else str(key)
+    if limits.record_bytes is not None:  # zip: each storage is its own record, written at exactly its size
+        available = limits.record_bytes.get(f"data/{key_name}")
+        _require(available is not None, f"storage record data/{key_name} is not in the archive")
+        _require(claimed <= available, f"storage data/{key_name} claims {claimed:,} bytes but the archive holds "
+                                       f"{available:,} (truncated or forged storage)")
+    else:
+        _require(claimed <= limits.file_bytes, f"storage {key_name} claims {claimed:,} bytes, more than the whole "
+                                               f"file ({limits.file_bytes:,} bytes): truncated or forged storage")
+
+
 def _require(condition: bool, what: str) -> None:
     if not condition:
         raise UnsafePickleError(f"malformed tensor record in checkpoint: {what}")
@@ -130,11 +247,15 @@ def _check_no_hooks(backward_hooks: Any) -> None:
     _require(isinstance(backward_hooks, dict) and len(backward_hooks) == 0, "backward hooks are not allowed")
 
 
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> torch.Tensor:
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> torch.Tensor | RejectedTensor:
     _check_storage(storage)
     _require(type(storage_offset) is int and storage_offset >= 0, "bad storage offset")
     _require(_is_int_sequence(size) and _is_int_sequence(stride) and len(size) == len(stride), "bad size/stride")
-    # set_() checks that offset/size/stride fit into the storage.
+    # Checked here on integers (the storage's real size, after torch mapped it), before a tensor exists; the key is
+    # not known yet, so the problem travels as a placeholder to the checkpoint reader.
+    problem = tensor_layout_problem(tuple(size), tuple(stride), storage_offset, storage._size())
+    if problem is not None:
+        return RejectedTensor(problem, tuple(size), storage.dtype)
     return torch._utils._rebuild_tensor(storage, storage_offset, tuple(size), tuple(stride))
 
 
@@ -145,13 +266,14 @@ def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any
     _require(metadata is None or (isinstance(metadata, dict) and all(
         type(k) is str and type(v) is bool for k, v in metadata.items())), "bad tensor metadata")
     tensor = _rebuild_tensor(storage, storage_offset, size, stride)
-    if metadata:
+    if metadata and isinstance(tensor, torch.Tensor):
         torch._utils.set_tensor_metadata(tensor, metadata)
     return tensor  # requires_grad dropped on purpose: checkpoints are data
 
 
-def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None) -> torch.Tensor:
-    _require(isinstance(data, torch.Tensor), "parameter data must be a tensor")
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None) \
+        -> torch.Tensor | RejectedTensor:
+    _require(isinstance(data, (torch.Tensor, RejectedTensor)), "parameter data must be a tensor")
     _check_no_hooks(backward_hooks)
     _require(state is None or isinstance(state, (dict, tuple)), "bad parameter state")
     return data  # a plain tensor: extra Python attributes of a Parameter are not restored
@@ -295,6 +417,31 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     """``pickle`` with a policy on every opcode that creates or calls something (see module docstring)."""
 
     dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    # ---- storages ---------------------------------------------------------------------------------------------
+    # torch.load assigns its own persistent_load (which allocates or maps each storage); every record passes
+    # _check_storage_record first, and the storage torch returns is checked to be as large as the record said.
+    _torch_persistent_load: Callable[[Any], Any] | None = None
+
+    @property
+    def persistent_load(self) -> Callable[[Any], Any]:
+        return self._checked_persistent_load
+
+    @persistent_load.setter
+    def persistent_load(self, function: Callable[[Any], Any]) -> None:
+        self._torch_persistent_load = function
+
+    def _checked_persistent_load(self, saved_id: Any) -> Any:
+        if self._torch_persistent_load is None:
+            raise pickle.UnpicklingError("persistent id in a plain pickle (only torch.load supplies storages)")
+        _check_storage_record(saved_id)
+        storage = self._torch_persistent_load(saved_id)
+        numel = saved_id[4]
+        if isinstance(storage, torch.storage.TypedStorage):
+            # A memory-mapped zip storage is a slice of the file: cut short where the file ends.
+            _require(storage._size() >= numel, f"storage {saved_id[2]!r} claims {numel:,} elements but the file "
+                                               f"holds {storage._size():,} (truncated storage)")
+        return storage
 
     # ---- globals ----------------------------------------------------------------------------------------------
     def find_class(self, module: str, name: str) -> Any:
@@ -465,6 +612,8 @@ def to_plain_data(value: Any) -> Any:
             return str(v).replace("torch.", "")
         if isinstance(v, torch.device):
             return str(v)
+        if isinstance(v, RejectedTensor):
+            return {"__rejected_tensor__": {"shape": list(v.shape), "reason": v.reason}}
         if isinstance(v, GlobalRef):
             return {"__global__": v.qualified_name}
         if isinstance(v, _SafeCallable):

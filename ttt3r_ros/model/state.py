@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["RecurrentState", "StepOutput", "INTERMEDIATE_NAMES"]
+__all__ = ["RecurrentState", "StepOutput", "INTERMEDIATE_NAMES", "finite_streams"]
 
 # Names of StepOutput.intermediates, the same as in the parity vector files.
 INTERMEDIATE_NAMES = ("enc_feat", "pose_feat_in", "state_in", "state_new", "mem_in", "mem_new",
@@ -73,3 +73,17 @@ class StepOutput:
     gate: torch.Tensor
     update_rate: torch.Tensor
     intermediates: Optional[dict[str, torch.Tensor]] = None
+
+
+# StepOutput fields checked by finite_streams (those of heads that did not run are None and skipped).
+_CHECKED_OUTPUTS = ("c2w", "pts3d_in_self_view", "conf_self", "pts3d_in_other_view", "conf", "rgb")
+
+
+def finite_streams(out: StepOutput, state: RecurrentState) -> torch.Tensor:
+    """[B] bool on the outputs' device: per stream, whether the view's pose, the outputs of the heads that ran and
+    the new state and memory are all finite. Device-side reductions only (no host synchronisation), so it can run
+    inside a CUDA graph; a float16 overflow anywhere upstream ends up here as inf or NaN."""
+    tensors = [t for t in (getattr(out, name) for name in _CHECKED_OUTPUTS) if t is not None]
+    tensors += [state.state, state.mem]
+    flags = [torch.isfinite(t).flatten(1).all(dim=1) for t in tensors]
+    return torch.stack(flags).all(dim=0)

@@ -27,9 +27,10 @@ def ttt3r_rate(gate: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
     return torch.where(fresh[:, None], torch.ones_like(gate), gate)
 
 
+# The default rule first: front ends list the names in this order.
 UPDATE_RULES: dict[str, UpdateRule] = {
-    "cut3r": cut3r_rate,
     "ttt3r": ttt3r_rate,
+    "cut3r": cut3r_rate,
 }
 
 

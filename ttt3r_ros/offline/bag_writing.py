@@ -11,6 +11,7 @@ import numpy as np
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from ..session import message_codec
 from .bag_io import default_typestore
 from .errors import OfflineInputError
 
@@ -94,7 +95,9 @@ class AtomicBagWriter:
 
 # ------------------------------------------------------------------------------------------------ message builders
 class MessageFactory:
-    """Builds rosbags message objects from numpy data (the typestore's classes)."""
+    """Builds rosbags message objects from numpy data (the typestore's classes). It is also the rosbags message
+    factory of ``ttt3r_ros.session.message_codec`` (``types``, ``byte_array``): clouds, poses, TF and odometry are
+    laid out there, once for the node and the result bag."""
 
     def __init__(self, typestore: Any | None = None) -> None:
         self.ts = typestore or default_typestore()
@@ -151,22 +154,13 @@ class MessageFactory:
             distortion_model=distortion_model, d=d, k=k.reshape(-1), r=np.eye(3).reshape(-1),
             p=projection.reshape(-1), binning_x=0, binning_y=0, roi=roi)
 
+    @staticmethod
+    def byte_array(data: np.ndarray) -> np.ndarray:
+        """A uint8[] field's value (rosbags keeps numpy arrays)."""
+        return data
+
     def transform_stamped(self, matrix: np.ndarray, stamp_ns: int, parent: str, child: str) -> Any:
-        from ..engine.geometry import matrix_to_quat_xyzw
-        q = matrix_to_quat_xyzw(np.asarray(matrix)[:3, :3])
-        t = np.asarray(matrix)[:3, 3]
-        return self.types["geometry_msgs/msg/TransformStamped"](
-            header=self.header(stamp_ns, parent), child_frame_id=child,
-            transform=self.types["geometry_msgs/msg/Transform"](
-                translation=self.types["geometry_msgs/msg/Vector3"](x=float(t[0]), y=float(t[1]), z=float(t[2])),
-                rotation=self.types["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]),
-                                                                    w=float(q[3]))))
+        return message_codec.transform_stamped(self, self.header(stamp_ns, parent), child, matrix)
 
     def pose(self, matrix: np.ndarray) -> Any:
-        from ..engine.geometry import matrix_to_quat_xyzw
-        q = matrix_to_quat_xyzw(np.asarray(matrix)[:3, :3])
-        t = np.asarray(matrix)[:3, 3]
-        return self.types["geometry_msgs/msg/Pose"](
-            position=self.types["geometry_msgs/msg/Point"](x=float(t[0]), y=float(t[1]), z=float(t[2])),
-            orientation=self.types["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]),
-                                                                   w=float(q[3])))
+        return message_codec.pose(self, matrix)

@@ -16,10 +16,11 @@ import cv2
 
 from ..engine import exports
 from ..engine.synthetic import make_sequence
+from ..session.build import PLUMBING_LABEL, WEIGHTS_ENV, SessionError, checkpoint_help, resolve_weights
+from ..session.settings import DEFAULT_MODEL_CONFIG, DEFAULTS, DEVICE_HELP, PRECISION_CHOICES
 from .errors import OfflineInputError
 from .eval_command import evaluate_files
 from .make_bag_command import make_bag
-from .model_setup import checkpoint_help, PLUMBING_LABEL, WEIGHTS_ENV
 
 TINY_PRESET = "tiny"
 # The rendered sequence's clock starts here (a plausible epoch): header stamp 0 means "unset" to ROS tools, so a
@@ -32,15 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, help=f"checkpoint; default ${WEIGHTS_ENV}; without one: "
                                                         "plumbing check with untrained tiny weights")
     parser.add_argument("--model-config", default=None,
-                        help="model preset/JSON (default: cut3r_512_dpt_4_64 with weights, tiny without)")
+                        help=f"model preset/JSON (default: {DEFAULT_MODEL_CONFIG} with weights, tiny without)")
     parser.add_argument("--frames", type=int, default=None, help="frames to render (default 30; 10 untrained)")
     parser.add_argument("--height", type=int, default=None, help="image height (default 240; 48 untrained)")
     parser.add_argument("--width", type=int, default=None, help="image width (default 320; 64 untrained)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="model input long side (default 512; 64 untrained)")
+                        help=f"model input long side (default {DEFAULTS.image_size}; 64 untrained)")
     parser.add_argument("--fps", type=float, default=10.0, help="frame rate of the rendered sequence")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    parser.add_argument("--device", default=DEFAULTS.device, help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULTS.precision,
                         help="auto: bf16 on CUDA (the fast path), fp32 on CPU; fp32 is the parity path")
     parser.add_argument("--no-bag", action="store_true", help="do not write the sequence as a rosbag2 too")
     parser.add_argument("--no-progress", action="store_true")
@@ -78,16 +79,15 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from . import map_command
 
     out = Path(args.out)
-    weights = args.weights or os.environ.get(WEIGHTS_ENV) or None
-    trained = weights is not None
-    if trained and not Path(weights).is_file():
-        raise OfflineInputError(f"checkpoint not found: {weights}. {checkpoint_help()}")
+    # a checkpoint from --weights or $TTT3R_WEIGHTS; without one, the demo is a plumbing check (random weights)
+    trained = bool(args.weights or os.environ.get(WEIGHTS_ENV))
+    weights = resolve_weights(args.weights, random_weights=not trained, environment=os.environ)
     frames = args.frames or (30 if trained else 10)
     height = args.height or (240 if trained else 48)
     width = args.width or (320 if trained else 64)
-    image_size = args.image_size or (512 if trained else 64)
+    image_size = args.image_size or (DEFAULTS.image_size if trained else 64)
     # the model package's tiny preset (the parity_tiny.json sizes): no file from ../shared needed
-    model_config = args.model_config or ("cut3r_512_dpt_4_64" if trained else TINY_PRESET)
+    model_config = args.model_config or (DEFAULT_MODEL_CONFIG if trained else TINY_PRESET)
     if not trained:
         banner = "!" * 100
         print(f"{banner}\n{PLUMBING_LABEL}\nNo checkpoint found (--weights or ${WEIGHTS_ENV}). {checkpoint_help()}\n"
@@ -102,16 +102,15 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         make_bag(sequence["folder"] / "rgb", bag_path, storage="mcap", intrinsics=sequence["intrinsics"],
                  overwrite=True, progress=False)
 
-    parser = argparse.ArgumentParser(prog="ttt3r-ros map")
-    map_command.add_arguments(parser)
-    map_argv = [str(sequence["folder"] / "rgb"), "--out", str(out / "map"), "--model-config", model_config,
-                "--image-size", str(image_size), "--device", args.device, "--precision", args.precision,
-                "--camera-yaml", str(sequence["camera_yaml"]), "--checkpoint-every", "0",
-                "--result-bag", str(out / "map" / "result_bag"), "--overwrite"]
-    map_argv += ["--weights", str(weights)] if trained else ["--random-weights", "--confidence-threshold", "1.0"]
-    if args.no_progress:
-        map_argv.append("--no-progress")
-    summary = map_command.map_input(parser.parse_args(map_argv))
+    options = map_command.MapOptions(
+        input=str(sequence["folder"] / "rgb"), out=str(out / "map"), model_config=model_config,
+        image_size=image_size, device=args.device, precision=args.precision,
+        camera_yaml=str(sequence["camera_yaml"]), checkpoint_every=0, result_bag=str(out / "map" / "result_bag"),
+        overwrite=True, no_progress=args.no_progress,
+        weights=str(weights.path) if trained else None, random_weights=not trained,
+        # an untrained model's confidences sit near their floor of 1: keep every point so the plumbing shows
+        confidence_threshold=DEFAULTS.confidence_threshold if trained else 1.0)
+    summary = map_command.map_input(options)
     if summary.status != "completed":
         raise RuntimeError(f"mapping {summary.status}: {summary.error}")
 
@@ -124,7 +123,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     try:
         result = run_demo(args)
-    except OfflineInputError as err:
+    except (OfflineInputError, SessionError) as err:
         print(f"ttt3r-ros demo: error: {err}", file=sys.stderr)
         return 2
     out: Path = result["out"]

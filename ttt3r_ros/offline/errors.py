@@ -5,6 +5,3 @@ from __future__ import annotations
 class OfflineInputError(ValueError):
     """The input (bag, folder, video, trajectory file, option) cannot be used; the message says why and what to do."""
 
-
-class FrameDecodeError(ValueError):
-    """One message or file could not be turned into an image; the frame is skipped and counted with this reason."""

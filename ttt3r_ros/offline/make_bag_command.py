@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..session.image_codec import CAMERA_INFO_TYPE, COMPRESSED_IMAGE_TYPE, IMAGE_TYPE
+from ..session.settings import OFFLINE_CAMERA_FRAME
 from .bag_writing import STORAGES, AtomicBagWriter, MessageFactory, qos_profile
 from .errors import OfflineInputError
-from .image_messages import CAMERA_INFO_TYPE, COMPRESSED_IMAGE_TYPE, IMAGE_TYPE
 from .readers import FolderFrameSource, VideoFrameSource, VIDEO_SUFFIXES
 
 
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image topic (default /camera/image_raw, or /camera/image_raw/compressed)")
     parser.add_argument("--camera-info-topic", default="/camera/camera_info",
                         help="CameraInfo topic, written when intrinsics are given (default /camera/camera_info)")
-    parser.add_argument("--frame-id", default="camera_optical_frame",
+    parser.add_argument("--frame-id", default=OFFLINE_CAMERA_FRAME,
                         help="header frame_id (default camera_optical_frame)")
     parser.add_argument("--fps", type=float, default=None,
                         help="frame rate for timestamps when the folder has no times.txt/rgb.txt, or to override "
@@ -88,7 +89,7 @@ def intrinsics_from_args(args: argparse.Namespace) -> tuple[np.ndarray | None, l
 def make_bag(input_path: str | Path, output: str | Path, storage: str = "sqlite3", compressed: bool = False,
              compressed_format: str = "jpeg", jpeg_quality: int = 95, encoding: str = "rgb8",
              topic: str | None = None, camera_info_topic: str = "/camera/camera_info",
-             frame_id: str = "camera_optical_frame", fps: float | None = None, time_offset_s: float = 0.0,
+             frame_id: str = OFFLINE_CAMERA_FRAME, fps: float | None = None, time_offset_s: float = 0.0,
              intrinsics: np.ndarray | None = None, distortion: list[float] | None = None,
              distortion_model: str = "plumb_bob", max_frames: int | None = None, overwrite: bool = False,
              bag_version: int = 9, progress: bool = True) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..engine import exports
+from ..session.settings import DEFAULTS
 from .atomic_files import write_json_atomic
 from .readers import FrameSource
 from .result_bag import ResultBagWriter
@@ -41,7 +42,7 @@ class MapRunOptions:
     checkpoint_min_interval_s: float = 30.0  # and at least this long apart (a 2M-point PLY is ~40 MB per rewrite)
     save_depth: str | None = None      # None, "png" (16-bit mm) or "npy"
     progress: bool = True
-    confidence_threshold: float = 3.0  # for the result bag's per-frame clouds (the engine filters the map itself)
+    confidence_threshold: float = DEFAULTS.confidence_threshold  # for the result bag's per-frame clouds (the engine filters the map itself)
     result_map_every: int = 50         # frames between /map_points snapshots in the result bag (0 = only final)
     label: str | None = None           # e.g. the plumbing-check label; goes into run.json
     run_info: dict[str, Any] = field(default_factory=dict)  # parameters, versions, ... for run.json

@@ -17,10 +17,11 @@ from typing import Any, Iterator, NamedTuple
 import cv2
 import numpy as np
 
+from ..session.errors import FrameDecodeError
+from ..session.image_codec import (CAMERA_INFO_TYPE, IMAGE_TYPES, camera_info_intrinsics, image_message_to_rgb,
+                                   stamp_to_nanoseconds)
 from .bag_io import looks_like_bag, open_bag, storage_identifier, summarise_topics
-from .errors import FrameDecodeError, OfflineInputError
-from .image_messages import (CAMERA_INFO_TYPE, IMAGE_TYPES, camera_info_intrinsics, image_message_to_rgb,
-                             stamp_to_nanoseconds)
+from .errors import OfflineInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")

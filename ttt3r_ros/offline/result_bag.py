@@ -6,7 +6,8 @@ Frames (the tree the live node publishes):
                                       origin, optical axes x right, y down, z forward)
 Per-frame clouds are organised HxW in camera_frame (NaN where confidence is below the threshold), the map is in
 odom_frame. Every message is stamped with the input image's timestamp (also the bag's receive time). The cloud
-layout (pointcloud.py) and the odometry covariance/twist (odometry.py) are the live node's, computed by the same code.
+layout and the odometry message (session/message_codec.py) and the covariance/twist bookkeeping
+(session/odometry.py, `OdometryTracker`) are the live node's, computed by the same code.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..engine import geometry
-from . import odometry
+from ..session import message_codec
+from ..session.odometry import OdometryLimits, OdometryTracker
+from ..session.settings import DEFAULTS, OFFLINE_CAMERA_FRAME
 from .bag_writing import AtomicBagWriter, MessageFactory, qos_profile
-from .pointcloud import point_cloud2
 
 ODOMETRY_TYPE = "nav_msgs/msg/Odometry"
 PATH_TYPE = "nav_msgs/msg/Path"
@@ -29,9 +31,9 @@ CLOUD_TYPE = "sensor_msgs/msg/PointCloud2"
 
 class ResultBagWriter:
     def __init__(self, path: str | Path, storage: str = "sqlite3", overwrite: bool = False,
-                 odom_frame: str = "odom", base_frame: str = "base_link",
-                 camera_frame: str = "camera_optical_frame", namespace: str = "",
-                 cloud_stride: int = 4, path_every: int = 10, path_max_length: int = 1024,
+                 odom_frame: str = DEFAULTS.odom_frame, base_frame: str = DEFAULTS.base_frame,
+                 camera_frame: str = OFFLINE_CAMERA_FRAME, namespace: str = "",
+                 cloud_stride: int = 4, path_every: int = 10, path_max_length: int = DEFAULTS.path_max_length,
                  camera_to_base: np.ndarray | None = None) -> None:
         self.maps_written = 0
         self.last_map_stamp_ns: int | None = None
@@ -59,7 +61,7 @@ class ResultBagWriter:
         self.frames = 0
         self.last_stamp_ns: int | None = None
         self._static_written = False
-        self._previous: tuple[float, np.ndarray] | None = None   # (timestamp_s, T_odom_base) of the last frame
+        self.odometry = OdometryTracker()
 
     def _write_static(self, stamp_ns: int) -> None:
         tf = self.msgs.transform_stamped(self.camera_to_base, stamp_ns, self.base_frame, self.camera_frame)
@@ -83,29 +85,11 @@ class ResultBagWriter:
         types = self.msgs.types
         # Covariance, tracking state and twist exactly as the live node computes them (with its default
         # tracking/variance parameters), so the result bag's /odom matches what the node would publish.
-        if confidences is not None:
-            fraction = odometry.confident_fraction(confidences, confidence_threshold)
-            pose_variances = odometry.pose_covariance_diagonal(fraction, odometry.tracking_state(fraction))
-        else:
-            pose_variances = odometry.pose_covariance_diagonal(1.0, odometry.TRACKING_OK)
-        linear, angular, dt_s = np.zeros(3), np.zeros(3), None
-        if self._previous is not None and timestamp_s > self._previous[0]:
-            dt_s = timestamp_s - self._previous[0]
-            linear, angular = odometry.body_twist_from_poses(self._previous[1], t_odom_base, dt_s)
-        self._previous = (timestamp_s, t_odom_base)
-        twist_variances = odometry.twist_covariance_diagonal(pose_variances, dt_s)
-        pose = self.msgs.pose(t_odom_base)
-        vector3 = types["geometry_msgs/msg/Vector3"]
-        odom = types[ODOMETRY_TYPE](
-            header=header, child_frame_id=self.base_frame,
-            pose=types["geometry_msgs/msg/PoseWithCovariance"](pose=pose,
-                                                               covariance=np.diag(pose_variances).reshape(-1)),
-            twist=types["geometry_msgs/msg/TwistWithCovariance"](
-                twist=types["geometry_msgs/msg/Twist"](linear=vector3(*map(float, linear)),
-                                                       angular=vector3(*map(float, angular))),
-                covariance=np.diag(twist_variances).reshape(-1)))
+        estimate = self.odometry.update(timestamp_s, t_odom_base, confidences,
+                                        OdometryLimits(confidence_threshold=confidence_threshold))
+        odom = message_codec.odometry_from_estimate(self.msgs, header, self.base_frame, estimate)
         self.bag.write(self.conn_odom, stamp_ns, odom)
-        self.poses.append(types["geometry_msgs/msg/PoseStamped"](header=header, pose=pose))
+        self.poses.append(types["geometry_msgs/msg/PoseStamped"](header=header, pose=odom.pose.pose))
         self.frames += 1
         self.last_stamp_ns = stamp_ns
         if self.frames % self.path_every == 0:
@@ -118,8 +102,8 @@ class ResultBagWriter:
             col = (np.asarray(colours)[::s, ::s] if colours is not None
                    else np.full(pts.shape, 255, dtype=np.uint8))
             self.bag.write(self.conn_points, stamp_ns,
-                           point_cloud2(self.msgs, self.msgs.header(stamp_ns, self.camera_frame), pts, col, conf,
-                                        confidence_threshold=confidence_threshold))
+                           message_codec.point_cloud2(self.msgs, self.msgs.header(stamp_ns, self.camera_frame), pts,
+                                                      col, conf, confidence_threshold=confidence_threshold))
 
     def _write_path(self, stamp_ns: int) -> None:
         path = self.msgs.types[PATH_TYPE](header=self.msgs.header(stamp_ns, self.odom_frame), poses=list(self.poses))
@@ -132,8 +116,8 @@ class ResultBagWriter:
         if stamp_ns is None:
             stamp_ns = self.last_stamp_ns or 0
         points_odom = geometry.transform_points(self.camera_to_base, np.asarray(points_world, dtype=np.float64))
-        cloud = point_cloud2(self.msgs, self.msgs.header(stamp_ns, self.odom_frame), points_odom, colours,
-                             confidences)
+        cloud = message_codec.point_cloud2(self.msgs, self.msgs.header(stamp_ns, self.odom_frame), points_odom,
+                                           colours, confidences)
         self.bag.write(self.conn_map, stamp_ns, cloud)
         self.maps_written += 1
         self.last_map_stamp_ns = stamp_ns

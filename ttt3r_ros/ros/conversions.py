@@ -2,7 +2,9 @@
 
 Everything here is pure data adaptation: layouts, encodings, byte packing. Frame and axis conventions (optical vs
 body, quaternion order) belong to ``ttt3r_ros.engine.geometry``; this module only writes already-converted poses
-into messages.
+into messages. The layouts shared with the offline result bag (input decoding, PointCloud2, Pose/TF/Odometry)
+live in the ROS-free session layer (``ttt3r_ros.session.image_codec`` / ``message_codec``); this module hands
+them the rclpy message classes (`RCLPY_MESSAGES`). Importing it loads no torch (a test checks this).
 """
 from __future__ import annotations
 
@@ -10,24 +12,36 @@ from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Pose, Transform, TransformStamped
+from geometry_msgs.msg import (Point, Pose, PoseWithCovariance, Quaternion, Transform, TransformStamped, Twist,
+                               TwistWithCovariance, Vector3)
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from ttt3r_ros.engine import geometry
-from ttt3r_ros.offline import image_messages
-from ttt3r_ros.offline import pointcloud as cloud_layout
-from ttt3r_ros.offline.errors import FrameDecodeError
+from ttt3r_ros.session import image_codec, message_codec
+from ttt3r_ros.session.errors import FrameDecodeError
 
+
+class _RclpyMessages:
+    """The message factory (see ``ttt3r_ros.session.message_codec``) of rclpy's classes."""
+    types = {f"{cls.__module__.split('.')[0]}/msg/{cls.__name__}": cls
+             for cls in (Point, Pose, PoseWithCovariance, Quaternion, Transform, TransformStamped, Twist,
+                         TwistWithCovariance, Vector3, Odometry, PointCloud2, PointField, Header)}
+
+    @staticmethod
+    def byte_array(data: np.ndarray) -> bytes:
+        return data.tobytes()
+
+
+RCLPY_MESSAGES = _RclpyMessages()
 
 # Decoding of camera input (encodings, row padding, length checks, jpeg/png, CameraInfo validity) is shared with
 # the offline bag reader, so a frame is accepted or refused with the same reason live and offline.
 ImageConversionError = FrameDecodeError   # an input image that cannot be turned into RGB (the message says why)
-image_to_rgb = image_messages.raw_image_to_rgb                  # Image -> HxWx3 uint8 RGB
-compressed_image_to_rgb = image_messages.compressed_image_to_rgb  # CompressedImage (jpeg/png) -> HxWx3 uint8 RGB
-intrinsics_from_camera_info = image_messages.camera_info_intrinsics  # -> (K | None, reason)
-stamp_to_seconds = image_messages.stamp_to_seconds
+image_to_rgb = image_codec.raw_image_to_rgb                  # Image -> HxWx3 uint8 RGB
+compressed_image_to_rgb = image_codec.compressed_image_to_rgb  # CompressedImage (jpeg/png) -> HxWx3 uint8 RGB
+intrinsics_from_camera_info = image_codec.camera_info_intrinsics  # -> (K | None, reason)
+stamp_to_seconds = image_codec.stamp_to_seconds
 
 # encodings this module can read back to numpy (inputs plus what the node publishes); name -> (dtype, channels)
 _NUMPY_ENCODINGS: dict[str, tuple[str, int]] = {
@@ -102,8 +116,6 @@ def camera_info_from_intrinsics(k: np.ndarray, height: int, width: int, header: 
 
 
 # --- PointCloud2 -----------------------------------------------------------------------------------------------
-# The field table and the packing live in ttt3r_ros.offline.pointcloud (pure numpy), shared with the offline
-# result bag, so live and offline clouds cannot drift apart; this module only wraps them into rclpy messages.
 _PF_TO_NUMPY = {PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
                 PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4",
                 PointField.FLOAT64: "f8"}
@@ -111,24 +123,11 @@ _PF_TO_NUMPY = {PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16:
 
 def point_cloud(points_xyz: np.ndarray, colours_uint8: np.ndarray, confidence: np.ndarray, header: Header,
                 confidence_threshold: float | None = None) -> PointCloud2:
-    """PointCloud2 (x, y, z, rgb, confidence; float32) from HxWx3 (organised) or Nx3 (unorganised) arrays.
-
-    Organised input keeps its HxW layout (height=H, width=W) like depth_image_proc's clouds. Points whose
-    confidence is below `confidence_threshold` (or that are not finite) get NaN coordinates (the pixel stays,
-    `is_dense` is False).
-    """
-    packed = cloud_layout.pack_cloud(points_xyz, colours_uint8, confidence, confidence_threshold)
-    msg = PointCloud2()
-    msg.header = header
-    msg.height, msg.width = packed.height, packed.width
-    msg.fields = [PointField(name=name, offset=offset, datatype=datatype, count=count)
-                  for name, offset, datatype, count in cloud_layout.CLOUD_FIELDS]
-    msg.is_bigendian = False
-    msg.point_step = packed.point_step
-    msg.row_step = packed.row_step
-    msg.data = packed.data.tobytes()
-    msg.is_dense = packed.is_dense
-    return msg
+    """PointCloud2 (x, y, z, rgb, confidence; float32) from HxWx3 (organised) or Nx3 (unorganised) arrays, in the
+    layout of ``ttt3r_ros.session.message_codec`` (organised input keeps its HxW layout like depth_image_proc's
+    clouds; points below `confidence_threshold` or not finite get NaN coordinates, `is_dense` is then False)."""
+    return message_codec.point_cloud2(RCLPY_MESSAGES, header, points_xyz, colours_uint8, confidence,
+                                      confidence_threshold)
 
 
 def point_cloud_to_numpy(msg: PointCloud2) -> np.ndarray:
@@ -153,30 +152,15 @@ def point_cloud_to_numpy(msg: PointCloud2) -> np.ndarray:
 
 # --- poses -----------------------------------------------------------------------------------------------------
 
-def _quaternion_xyzw(rotation: np.ndarray) -> tuple[float, float, float, float]:
-    """Rotation matrix -> unit quaternion (x, y, z, w), the order ROS messages use (convention owned by geometry)."""
-    q = geometry.matrix_to_quat_xyzw(rotation)
-    return float(q[0]), float(q[1]), float(q[2]), float(q[3])
-
-
 def matrix_from_quaternion_xyzw(x: float, y: float, z: float, w: float) -> np.ndarray:
     """Unit quaternion (x, y, z, w) from a ROS message -> 3x3 rotation matrix."""
+    from ttt3r_ros.engine import geometry   # the convention's owner; loads torch, so only when used
+
     return geometry.quat_wxyz_to_matrix(geometry.quat_xyzw_to_wxyz(np.array([x, y, z, w], dtype=np.float64)))
 
 
-def _check_rigid(matrix: np.ndarray) -> np.ndarray:
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
-        raise ValueError(f"expected a finite 4x4 transform, got shape {m.shape}")
-    return m
-
-
 def transform_from_matrix(matrix: np.ndarray) -> Transform:
-    m = _check_rigid(matrix)
-    t = Transform()
-    t.translation.x, t.translation.y, t.translation.z = (float(v) for v in m[:3, 3])
-    t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w = _quaternion_xyzw(m[:3, :3])
-    return t
+    return message_codec.transform(RCLPY_MESSAGES, matrix)
 
 
 def matrix_from_transform(transform: Transform) -> np.ndarray:
@@ -188,36 +172,18 @@ def matrix_from_transform(transform: Transform) -> np.ndarray:
 
 
 def pose_from_matrix(matrix: np.ndarray) -> Pose:
-    m = _check_rigid(matrix)
-    p = Pose()
-    p.position.x, p.position.y, p.position.z = (float(v) for v in m[:3, 3])
-    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = _quaternion_xyzw(m[:3, :3])
-    return p
+    return message_codec.pose(RCLPY_MESSAGES, matrix)
 
 
 def transform_stamped(matrix: np.ndarray, header: Header, child_frame_id: str) -> TransformStamped:
-    ts = TransformStamped()
-    ts.header = header
-    ts.child_frame_id = child_frame_id
-    ts.transform = transform_from_matrix(matrix)
-    return ts
+    return message_codec.transform_stamped(RCLPY_MESSAGES, header, child_frame_id, matrix)
 
 
 def odometry(matrix: np.ndarray, header: Header, child_frame_id: str,
              pose_covariance_diagonal: Sequence[float], twist_covariance_diagonal: Sequence[float],
              twist_linear_mps: Sequence[float] = (0.0, 0.0, 0.0),
              twist_angular_radps: Sequence[float] = (0.0, 0.0, 0.0)) -> Odometry:
-    """nav_msgs/Odometry: pose of `child_frame_id` in header.frame_id, twist in the child frame (Odometry.msg).
-
-    Covariances are 6x6 row-major over (x, y, z, rot x, rot y, rot z) per REP 103; only the diagonal is set.
-    """
-    msg = Odometry()
-    msg.header = header
-    msg.child_frame_id = child_frame_id
-    msg.pose.pose = pose_from_matrix(matrix)
-    msg.pose.covariance = np.diag(np.asarray(pose_covariance_diagonal, dtype=np.float64)).ravel().tolist()
-    msg.twist.twist.linear.x, msg.twist.twist.linear.y, msg.twist.twist.linear.z = (float(v) for v in twist_linear_mps)
-    msg.twist.twist.angular.x, msg.twist.twist.angular.y, msg.twist.twist.angular.z = (
-        float(v) for v in twist_angular_radps)
-    msg.twist.covariance = np.diag(np.asarray(twist_covariance_diagonal, dtype=np.float64)).ravel().tolist()
-    return msg
+    """nav_msgs/Odometry: pose of `child_frame_id` in header.frame_id, twist in the child frame (Odometry.msg);
+    diagonal covariances over (x, y, z, rot x, rot y, rot z) (layout: ``ttt3r_ros.session.message_codec``)."""
+    return message_codec.odometry(RCLPY_MESSAGES, header, child_frame_id, matrix, pose_covariance_diagonal,
+                                  twist_covariance_diagonal, twist_linear_mps, twist_angular_radps)

@@ -1,5 +1,5 @@
 """The /diagnostics summary of ttt3r_node. Tracking state and odometry covariance come from
-``ttt3r_ros.offline.odometry`` (pure numpy, shared with the offline result bag)."""
+``ttt3r_ros.session.odometry`` (pure numpy, shared with the offline result bag)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
-from ttt3r_ros.offline.odometry import TRACKING_DEGRADED, TRACKING_INITIALIZING, TRACKING_LOST, TRACKING_NAMES
+from ttt3r_ros.session.odometry import TRACKING_DEGRADED, TRACKING_INITIALIZING, TRACKING_LOST, TRACKING_NAMES
 
 
 @dataclass

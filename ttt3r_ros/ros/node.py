@@ -33,11 +33,12 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from ttt3r_ros.offline import odometry
 from ttt3r_ros.ros import conversions as conv
 from ttt3r_ros.ros import health, parameters, qos
 from ttt3r_ros.ros.frame_queue import FrameQueue
 from ttt3r_ros.ros.static_tf import ExtrinsicLookup
+from ttt3r_ros.session import odometry
+from ttt3r_ros.session.odometry import OdometryEstimate, OdometryLimits, OdometryTracker
 
 NODE_NAME = "ttt3r_node"
 _THROTTLE_S = 2.0
@@ -84,7 +85,7 @@ class Ttt3rNode(LifecycleNode):
     # ------------------------------------------------------------------------------------------ state
     def _reset_entities(self) -> None:
         self._configured = False   # configure succeeded and no cleanup since (configure-time parameters locked)
-        self._model: Any = None
+        self._session: Any = None   # ttt3r_ros.session.build.Session: the model, its device and precision
         self._engine: Any = None
         self._device = ""
         self._p: dict[str, Any] = {}
@@ -105,9 +106,8 @@ class Ttt3rNode(LifecycleNode):
         self._extrinsic_wait_since: float | None = None
         self._active_since_s = 0.0
         self._last_image_wall_s: float | None = None
-        self._prev_pose: tuple[float, np.ndarray] | None = None
+        self._odometry = OdometryTracker()   # twist, covariance, tracking state and the trajectory (_state_lock)
         self._path: deque[PoseStamped] = deque()
-        self._trajectory: list[tuple[float, np.ndarray]] = []
         self._summary = health.HealthSummary()
         self._last_header = Header()
         self._map_dirty = False
@@ -205,73 +205,34 @@ class Ttt3rNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------------ model
     def _load_engine(self) -> None:
-        import torch
-
-        from ttt3r_ros.model import UPDATE_RULES, build_model, load_model_config
-        from ttt3r_ros.model.fast import resolve_precision
+        from ttt3r_ros.session.build import open_session
+        from ttt3r_ros.session.settings import SessionConfig
 
         p = self._p
-        weights = str(p["weights"]).strip()
-        if not weights:
-            raise ValueError("parameter 'weights' is empty: give a checkpoint path (.safetensors or .pth), "
-                             "or 'random' for a random-weight smoke test. With live/bag.launch.py pass weights:=PATH "
-                             "(launch arguments override the params file)")
-        if weights == "random":
+        session = open_session(SessionConfig.from_values(p), log=self.get_logger().info)
+        if session.weights.is_random:
             self.get_logger().warning("weights:=random: deterministic random initialisation, outputs are meaningless")
-            weights_arg = None
-        else:
-            weights_arg = os.path.abspath(os.path.expanduser(weights))
-            if not os.path.isfile(weights_arg):
-                what = "is a folder, not a checkpoint file" if os.path.isdir(weights_arg) else "not found"
-                raise FileNotFoundError(f"checkpoint {what}: {weights_arg} (parameter 'weights')")
-        if p["update_rule"] not in UPDATE_RULES:
-            raise ValueError(f"update_rule={p['update_rule']!r} is not one of {sorted(UPDATE_RULES)}")
-        device = p["device"]
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.get_logger().info(f"device:=auto resolved to {device}")
-        elif device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} requested but CUDA is not available (use device:=cpu)")
-        self._device = device
-        precision, dtype, head_dtype = resolve_precision(p["precision"], device)
-        if p["precision"] == "auto":
-            self.get_logger().info(f"precision:=auto resolved to {precision}")
-        cfg = load_model_config(p["model_config"])
-        model = build_model(cfg, weights=weights_arg, device=device, dtype=dtype, head_dtype=head_dtype)
-        model.eval()
-        self._model = model
+        self._session = session
+        self._device = str(session.device)
         # A throwaway engine validates the engine options now (not at the first frame) and warms up; the real
         # one is made at the first frame, once the camera mount (T_base_camera) is known, so it starts with a
         # clean state and an empty map.
-        warm = self._new_engine(None)
+        elapsed_ms, execution_path = session.warm_up(int(p["warmup_frames"]))
         if int(p["warmup_frames"]) > 0:
-            size = int(p["image_size"])
-            rng = np.random.default_rng(0)
-            frame = rng.integers(0, 255, size=(size * 3 // 4, size, 3), dtype=np.uint8)
-            t0 = time.monotonic()
-            for i in range(int(p["warmup_frames"])):
-                warm.step(frame, float(i))
-            self.get_logger().info(f"warm-up: {p['warmup_frames']} frame(s) in {(time.monotonic() - t0) * 1e3:.0f} ms")
-        self.get_logger().info(f"execution path: {warm.fast_path_status}")
-        del warm
+            self.get_logger().info(f"warm-up: {p['warmup_frames']} frame(s) in {elapsed_ms:.0f} ms")
+        self.get_logger().info(f"execution path: {execution_path}")
 
     def _new_engine(self, t_base_cam: np.ndarray | None) -> Any:
-        from ttt3r_ros.engine import StreamingReconstructor
-
-        p = self._p
-        return StreamingReconstructor(
-            self._model, update_rule=p["update_rule"], reset_interval=int(p["reset_interval"]) or None,
-            size=int(p["image_size"]), confidence_threshold=float(self.get_parameter("confidence_threshold").value),
-            voxel_size=float(p["voxel_size_m"]), map_max_points=int(p["map_max_points"]),
-            camera_to_base=t_base_cam)
+        # confidence_threshold is live: the engine's map keeps the value it has when the engine is made
+        return self._session.new_engine(
+            t_base_cam, confidence_threshold=float(self.get_parameter("confidence_threshold").value))
 
     def _free_model(self) -> None:
         with self._engine_lock:
             self._engine = None
-            self._model = None
-        if self._device.startswith("cuda"):
-            import torch
-            torch.cuda.empty_cache()
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     # ------------------------------------------------------------------------------------ outputs
     def _create_outputs(self) -> None:
@@ -441,7 +402,7 @@ class Ttt3rNode(LifecycleNode):
         stamp = msg.header.stamp
         stamp_s = conv.stamp_to_seconds(stamp)
         with self._engine_lock:
-            if self._model is None:
+            if self._session is None:
                 return
             if self._engine is None:
                 self._engine = self._new_engine(t_base_cam)
@@ -463,15 +424,18 @@ class Ttt3rNode(LifecycleNode):
         confidence = np.asarray(result.confidence, dtype=np.float32)
         live = self._live_values()
         thr = float(live["confidence_threshold"])
-        confident_fraction = odometry.confident_fraction(confidence, thr)
-        state = odometry.tracking_state(confident_fraction, float(live["tracking_degraded_fraction"]),
-                                      float(live["tracking_lost_fraction"]))
-        cov = odometry.pose_covariance_diagonal(confident_fraction, state, float(live["position_variance_m2"]),
-                                              float(live["rotation_variance_rad2"]))
+        limits = OdometryLimits(confidence_threshold=thr,
+                                tracking_degraded_fraction=float(live["tracking_degraded_fraction"]),
+                                tracking_lost_fraction=float(live["tracking_lost_fraction"]),
+                                position_variance_m2=float(live["position_variance_m2"]),
+                                rotation_variance_rad2=float(live["rotation_variance_rad2"]))
+        with self._state_lock:   # the trajectory is read by ~/save_trajectory from a service thread
+            estimate = self._odometry.update(stamp_s, t_odom_base, confidence, limits)
+        state, confident_fraction = estimate.tracking_state, estimate.confident_fraction
 
         odom_header = Header(stamp=stamp, frame_id=p["odom_frame"])
         cam_header = Header(stamp=stamp, frame_id=camera_frame)
-        self._publish_pose(t_odom_base, stamp_s, odom_header, cov)
+        self._publish_pose(estimate, odom_header)
         self._publish_images(result, cam_header, thr)
 
         # Status + diagnostics summary
@@ -522,17 +486,13 @@ class Ttt3rNode(LifecycleNode):
                                 f"(threshold {thr}); odometry covariance set to {odometry.LOST_VARIANCE}",
                                 key="tracking lost")
 
-    def _publish_pose(self, t_odom_base: np.ndarray, stamp_s: float, header: Header, cov: list[float]) -> None:
+    def _publish_pose(self, estimate: OdometryEstimate, header: Header) -> None:
         p = self._p
         base = p["base_frame"]
-        twist_lin, twist_ang = np.zeros(3), np.zeros(3)
-        dt = None   # unknown until two poses exist
-        if self._prev_pose is not None and stamp_s > self._prev_pose[0]:
-            dt = stamp_s - self._prev_pose[0]
-            twist_lin, twist_ang = odometry.body_twist_from_poses(self._prev_pose[1], t_odom_base, dt)
-        twist_cov = odometry.twist_covariance_diagonal(cov, dt)
-        self._prev_pose = (stamp_s, t_odom_base)
-        self._pubs["odom"].publish(conv.odometry(t_odom_base, header, base, cov, twist_cov, twist_lin, twist_ang))
+        t_odom_base = estimate.t_odom_base
+        self._pubs["odom"].publish(conv.odometry(t_odom_base, header, base, estimate.pose_covariance_diagonal,
+                                                 estimate.twist_covariance_diagonal, estimate.twist_linear_mps,
+                                                 estimate.twist_angular_radps))
         if self.get_parameter("publish_tf").value:
             if self.get_parameter("invert_tf").value:
                 from ttt3r_ros.engine import geometry
@@ -546,7 +506,6 @@ class Ttt3rNode(LifecycleNode):
             self._path.append(pose)
             while len(self._path) > int(p["path_max_length"]):
                 self._path.popleft()
-            self._trajectory.append((stamp_s, t_odom_base))
             path = Path(header=header, poses=list(self._path))
         self._pubs["path"].publish(path)
 
@@ -624,16 +583,15 @@ class Ttt3rNode(LifecycleNode):
     @_guarded
     def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._engine_lock:
-            if self._model is None:
+            if self._session is None:
                 response.success, response.message = False, "not configured"
                 return response
             if self._engine is not None:
                 # state, trajectory and map start over; the next frame is the identity pose of odom_frame
                 self._engine.reset(restart_odometry=True)
-            self._prev_pose = None
         with self._state_lock:
+            self._odometry.reset()   # the next twist is unknown, the trajectory starts over
             self._path.clear()
-            self._trajectory.clear()
         self._map_dirty = True   # the next map_points message shows the cleared map
         # (resets are counted when the engine reports the new chunk at the next frame)
         self._summary.tracking_state = odometry.TRACKING_INITIALIZING
@@ -681,7 +639,7 @@ class Ttt3rNode(LifecycleNode):
             if not os.path.isdir(os.path.dirname(path)):
                 raise FileNotFoundError(f"folder does not exist: {os.path.dirname(path)}")
             with self._engine_lock:
-                if self._model is None:
+                if self._session is None:
                     raise RuntimeError("node is not configured")
                 if self._engine is None:
                     raise RuntimeError("no frame processed yet: the map is empty")
@@ -705,10 +663,10 @@ class Ttt3rNode(LifecycleNode):
             if not os.path.isdir(os.path.dirname(path)):
                 raise FileNotFoundError(f"folder does not exist: {os.path.dirname(path)}")
             with self._state_lock:
-                traj = list(self._trajectory)
-            exports.write_tum(path, [t for t, _ in traj], [m for _, m in traj])
+                stamps_s, poses = self._odometry.trajectory.timestamps(), self._odometry.trajectory.poses()
+            exports.write_tum(path, stamps_s, poses)
             response.success = True
-            response.message = (f"wrote {len(traj)} poses of {self._p['base_frame']} in {self._p['odom_frame']} "
+            response.message = (f"wrote {len(stamps_s)} poses of {self._p['base_frame']} in {self._p['odom_frame']} "
                                 f"(TUM) to {path}")
         except Exception as exc:
             response.success = False

@@ -1,7 +1,9 @@
 """Every parameter of ttt3r_node: declared with a ParameterDescriptor (description, range, constraints) and
 validated.
 
-config/live.yaml mirrors the defaults below (a test checks they agree). Three kinds:
+The session's settings (model, map, frames, odometry uncertainty) are declared from the one table of defaults,
+``ttt3r_ros.session.settings.SessionConfig``; this module adds only the node's own parameters (input, QoS, TF,
+services, autostart). config/live.yaml mirrors the declared defaults (a test checks they agree). Three kinds:
 - live: read per frame or per call, may change at any time (`ros2 param set`);
 - configure-time (the default): they shape the model, the subscriptions or the frame tree, which are built at
   configure/activate. They may be set while the node is unconfigured (e.g. after a failed configure: fix
@@ -18,7 +20,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from ttt3r_ros.offline import odometry
+from ttt3r_ros.session import settings
 
 
 @dataclass(frozen=True)
@@ -58,23 +60,24 @@ class ParamSpec:
 CONFIGURE_TIME_NOTE = "read at configure: can be set only while the node is unconfigured"
 
 
-_DEVICE_HELP = "auto (cuda if available, else cpu; the choice is logged), cpu, cuda or cuda:N"
+def _session_setting(name: str) -> ParamSpec:
+    """A node parameter that is a session setting: name, default, description, range, choices and live flag all
+    come from the session's table (ttt3r_ros.session.settings)."""
+    info = settings.setting_info(name)
+    return ParamSpec(name, settings.default_of(name), info.description, live=info.live, min_value=info.min_value,
+                     max_value=info.max_value, choices=info.choices)
+
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     # --- model (read at configure) ---
-    ParamSpec("weights", "", "checkpoint (.safetensors or official .pth); 'random' = deterministic random "
-              "initialisation for smoke tests (meaningless output, logged as a warning)"),
-    ParamSpec("model_config", "cut3r_512_dpt_4_64", "model preset name or path to a JSON config"),
-    ParamSpec("update_rule", "ttt3r", "recurrent state update rule (ttt3r = confidence-gated, cut3r = full)"),
-    ParamSpec("device", "auto", _DEVICE_HELP),
-    ParamSpec("precision", "auto", "inference precision: auto = bf16 on CUDA (the fast path), fp32 on CPU; fp32 = "
-              "the parity path; bf16/fp16 cast the whole model once (fp16 drifts less from fp32 at the same "
-              "speed, docs/speed_notes.md)", choices=("auto", "fp32", "fp16", "bf16")),
-    ParamSpec("image_size", 512, "model input long side in pixels (multiple of 16)", min_value=16, max_value=4096),
-    ParamSpec("reset_interval", 0, "reset the recurrent state every N frames (0 = never)", min_value=0,
-              max_value=1_000_000),
-    ParamSpec("warmup_frames", 1, "synthetic frames run at configure to warm up kernels (state reset after)",
-              min_value=0, max_value=20),
+    _session_setting("weights"),
+    _session_setting("model_config"),
+    _session_setting("update_rule"),
+    _session_setting("device"),
+    _session_setting("precision"),
+    _session_setting("image_size"),
+    _session_setting("reset_interval"),
+    _session_setting("warmup_frames"),
     # --- input (read at activate) ---
     ParamSpec("image_transport", "raw", "subscribe to `image` (raw) or `image/compressed` (jpeg/png)",
               choices=("raw", "compressed")),
@@ -90,9 +93,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("queue_size", 30, "bound of the in-order queue when process_all_frames is true", min_value=1,
               max_value=10_000),
     # --- frames ---
-    ParamSpec("odom_frame", "odom", "odometry frame (REP 105; continuous, drifts)"),
-    ParamSpec("base_frame", "base_link", "robot body frame (REP 103: x forward, z up)"),
-    ParamSpec("camera_frame", "", "camera optical frame; empty = the image's header.frame_id"),
+    _session_setting("odom_frame"),
+    _session_setting("base_frame"),
+    _session_setting("camera_frame"),
     ParamSpec("camera_is_base", False, "true: the camera is the robot body (no base->camera transform in TF); "
               "base_frame then sits at the camera with REP 103 axes"),
     ParamSpec("extrinsic_timeout_s", 10.0, "warn (throttled) while base->camera is missing from TF for longer "
@@ -101,27 +104,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_tf", True, "broadcast odom_frame -> base_frame on /tf", live=True),
     ParamSpec("invert_tf", False, "broadcast base_frame -> odom_frame instead (one-parent rule with another "
               "odometry source owning the tree)", live=True),
-    ParamSpec("confidence_threshold", 3.0, "points/depth below this self-view confidence become NaN (conf >= 1); "
-              "also the tracking-state measure. The map keeps the value it had at the first frame",
-              live=True, min_value=1.0, max_value=1e6),
-    ParamSpec("path_max_length", 1024, "poses kept in `path`", min_value=1, max_value=1_000_000),
+    _session_setting("confidence_threshold"),
+    _session_setting("path_max_length"),
     ParamSpec("map_publish_period_s", 1.0, "period of `map_points` (only while subscribed)",
               min_value=0.05, max_value=3600.0),
-    ParamSpec("voxel_size_m", 0.02, "voxel edge of the accumulated map (model units; metres up to scale)",
-              min_value=1e-5, max_value=100.0),
-    ParamSpec("map_max_points", 2_000_000, "bound of the accumulated map", min_value=1, max_value=100_000_000),
-    ParamSpec("tracking_degraded_fraction", odometry.TRACKING_DEGRADED_FRACTION,
-              "confident-pixel fraction below which tracking is DEGRADED",
-              live=True, min_value=0.0, max_value=1.0),
-    ParamSpec("tracking_lost_fraction", odometry.TRACKING_LOST_FRACTION,
-              "confident-pixel fraction below which tracking is LOST",
-              live=True, min_value=0.0, max_value=1.0),
-    ParamSpec("position_variance_m2", odometry.POSITION_VARIANCE_M2,
-              "pose position variance per frame at full confidence (grows as "
-              "1/confident fraction; 9999 when lost)", live=True, min_value=1e-9, max_value=1e6),
-    ParamSpec("rotation_variance_rad2", odometry.ROTATION_VARIANCE_RAD2,
-              "pose rotation variance at full confidence", live=True,
-              min_value=1e-9, max_value=1e6),
+    _session_setting("voxel_size_m"),
+    _session_setting("map_max_points"),
+    _session_setting("tracking_degraded_fraction"),
+    _session_setting("tracking_lost_fraction"),
+    _session_setting("position_variance_m2"),
+    _session_setting("rotation_variance_rad2"),
     ParamSpec("default_map_path", "ttt3r_map.ply", "save_map target when the request path is empty",
               live=True),
     ParamSpec("default_trajectory_path", "ttt3r_trajectory.tum", "save_trajectory target when the request "
@@ -131,6 +123,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
 )
 
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+_SESSION_SETTINGS = frozenset(settings.setting_names())
 
 
 def validate_value(name: str, value: Any) -> str | None:
@@ -138,16 +131,10 @@ def validate_value(name: str, value: Any) -> str | None:
     spec = SPECS.get(name)
     if spec is None:
         return None
+    if name in _SESSION_SETTINGS:
+        return settings.validate_value(name, value)
     if spec.choices and value not in spec.choices:
         return f"{name}={value!r} is not one of {', '.join(spec.choices)}"
-    if name == "device":
-        v = str(value)
-        if not (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())):
-            return f"device={v!r}: expected {_DEVICE_HELP}"
-    if name == "image_size" and int(value) % 16:
-        return f"image_size={value} must be a multiple of 16 (the patch size)"
-    if name in ("odom_frame", "base_frame") and not str(value).strip("/"):
-        return f"{name} must not be empty"
     if isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool) and spec.min_value is not None:
         if not (spec.min_value <= value <= spec.max_value):
             return f"{name}={value} outside [{spec.min_value}, {spec.max_value}]"
@@ -155,6 +142,7 @@ def validate_value(name: str, value: Any) -> str | None:
 
 
 def declare_parameters(node: Node) -> None:
+    """Declare every parameter with its default and descriptor."""
     for spec in PARAMETERS:
         node.declare_parameter(spec.name, spec.default, spec.descriptor())
 
@@ -166,11 +154,7 @@ def validate_node_parameters(node: Node) -> list[str]:
         msg = validate_value(spec.name, node.get_parameter(spec.name).value)
         if msg:
             errors.append(msg)
-    lost = node.get_parameter("tracking_lost_fraction").value
-    degraded = node.get_parameter("tracking_degraded_fraction").value
-    if lost > degraded:
-        errors.append(f"tracking_lost_fraction ({lost}) must be <= tracking_degraded_fraction ({degraded})")
-    return errors
+    return errors + settings.cross_field_problems(values(node))
 
 
 def on_set_parameters_callback(is_configured: Callable[[], bool]) -> Callable[[list[Parameter]],
@@ -192,4 +176,5 @@ def on_set_parameters_callback(is_configured: Callable[[], bool]) -> Callable[[l
 
 
 def values(node: Node) -> dict[str, Any]:
+    """Current value of every declared parameter, by name."""
     return {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}

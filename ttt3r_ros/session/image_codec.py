@@ -1,4 +1,4 @@
-"""sensor_msgs Image / CompressedImage / CameraInfo -> numpy, without ROS.
+"""sensor_msgs Image / CompressedImage / CameraInfo -> numpy, without ROS (and without torch at import).
 
 Shared by the offline readers (rosbags message objects) and the live node (rclpy messages: it calls these through
 ``ttt3r_ros.ros.conversions``): both only read the fields by name, so a frame is accepted or refused, with the
@@ -107,7 +107,8 @@ def camera_info_intrinsics(msg: Any) -> tuple[np.ndarray | None, str]:
     lengths, last row not 0 0 1) or a principal point outside the image is refused here too, so the caller can
     fall back to the model's intrinsics instead of failing every frame.
     """
-    from ..engine import validate_intrinsics  # here: image decoding alone (make-bag, bag-info) needs no torch
+    # imported here: decoding images (the node's conversions, make-bag, bag-info) must not load torch
+    from ..engine import validate_intrinsics
 
     k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
     if k.size != 9:

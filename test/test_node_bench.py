@@ -1,0 +1,93 @@
+"""`ttt3r-ros bench --node` on the CPU with the tiny model: the real node process, a publisher process and a
+subscriber process over DDS; the JSON line must carry every field, with values that hang together."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (ROS 2 Python wheels) not installed")
+pytest.importorskip("ttt3r_ros.msg", reason="ttt3r_ros interfaces not built (run scripts/setup.sh)")
+pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built (run scripts/setup.sh)")
+
+from ttt3r_ros.ros import node_bench  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+RATE_HZ = 15.0
+TINY_NODE = node_bench.NodeOptions(model_config="tiny", weights="random", device="cpu", image_size=64)
+
+
+def _check_consistent(run: dict[str, Any], rate_hz: float) -> None:
+    """What holds for every successful run, whatever the machine's speed."""
+    assert "error" not in run, run.get("error")
+    lat = run["latency_ms"]
+    assert lat["n"] > 0 and 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"], lat
+    frames = run["frames"]
+    assert 0 < frames["processed"] <= frames["received"] <= frames["sent"], frames
+    assert frames["lost_before_node"] == frames["sent"] - frames["received"]
+    assert frames["dropped"] >= 0 and frames["rejected"] == 0, frames
+    # the node cannot process more frames than the camera offers
+    assert 0 < run["processed_fps"] <= rate_hz * 1.1, run["processed_fps"]
+    assert abs(run["offered_fps"] - rate_hz) < 0.2 * rate_hz, run["offered_fps"]
+    assert run["node_cpu_ms_per_frame"] > 0 and run["node_cpu_cores"] > 0
+    assert run["drained"] is True
+    assert run["device"] == "cpu" and run["device_name"]
+    assert run["gpu_memory_mib"] is None                      # CPU run: no GPU figure, not a made-up one
+    params = run["node_params"]                              # as the running node reports them
+    assert (params["model_config"], params["device"], params["image_size"]) == ("tiny", "cpu", 64)
+
+
+def test_cli_prints_one_json_line_with_every_output_subscribed(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "ttt3r_ros.cli", "bench", "--node", "--model-config", "tiny", "--weights", "random",
+           "--device", "cpu", "--image-size", "64", "--rate", f"{RATE_HZ:g}", "--outputs", "all",
+           "--settle-s", "0.5", "--duration-s", "2", "--work-dir", str(tmp_path / "work"),
+           "--json-out", str(tmp_path / "runs.jsonl")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stdout
+    run = json.loads(lines[0])
+    assert (tmp_path / "runs.jsonl").read_text().strip() == lines[0]
+    _check_consistent(run, RATE_HZ)
+    assert run["bench"] == "node" and run["run"] == "15hz_keep-latest_all_raw"
+    assert run["params"]["rate_hz"] == RATE_HZ and run["params"]["outputs"] == "all"
+    assert run["params"]["fastdds_profile"], "the repo's Fast DDS profile was not found"
+    assert run["node_params"]["image_transport"] == "raw" and run["node_params"]["process_all_frames"] is False
+    # a fresh node with an empty compile cache: a cold start, timed from process start to the first odometry
+    assert run["node_start"] == "cold" and run["time_to_first_odom_s"] > 0
+    # every output reached the subscriber; odometry (reliable, depth 10: what FPS and latency are computed from)
+    # once per processed frame, the others at most once per frame (depth-2 histories may overwrite under load)
+    received = run["topics_received"]
+    assert set(received) == set(node_bench.ALL_OUTPUT_TOPICS), received
+    assert received["odom"] == run["frames"]["processed"], received
+    for topic in node_bench.ALL_OUTPUT_TOPICS:
+        assert 1 <= received[topic] <= run["frames"]["processed"], (topic, received)
+
+
+def test_kept_node_is_reset_and_measured_again_with_only_odom_subscribed(tmp_path: Path) -> None:
+    env = node_bench.BenchEnvironment(work_dir=tmp_path, compile_cache_dir=tmp_path / "cache",
+                                      domain_id=int(os.environ["ROS_DOMAIN_ID"]),
+                                      fastdds_profile=node_bench.find_fastdds_profile(), startup_timeout_s=120)
+    load = node_bench.LoadOptions(rate_hz=RATE_HZ, outputs="all", settle_s=0.5, duration_s=2.0)
+    specs = [node_bench.RunSpec("first", TINY_NODE, load),
+             node_bench.RunSpec("second", TINY_NODE, replace(load, outputs="odom"))]
+    runs: list[dict[str, Any]] = []
+    failures = node_bench.run_all(specs, env, runs.append)
+    assert failures == 0, runs
+    first, second = runs
+    for run in runs:
+        _check_consistent(run, RATE_HZ)
+    # the second run used the same node process (reset through ~/reset); its counters are its own (received <=
+    # sent in _check_consistent would fail on the node's totals since start)
+    assert second["node_start"] == "reused" and second["time_to_first_odom_s"] is None
+    assert first["node_start"] == "cold" and first["time_to_first_odom_s"] > 0
+    assert set(first["topics_received"]) == set(node_bench.ALL_OUTPUT_TOPICS)
+    assert set(second["topics_received"]) == {"odom"}
+    assert second["topics_received"]["odom"] == second["frames"]["processed"]
