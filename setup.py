@@ -31,7 +31,7 @@ setup(
         "ruamel.yaml",  # imported directly by the offline tools (evo also depends on it)
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout", "scipy"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "scipy", "hypothesis>=6"]},
     entry_points={
         "console_scripts": [
             "ttt3r-ros = ttt3r_ros.cli:main",

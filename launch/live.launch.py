@@ -14,6 +14,10 @@ unconfigured, for a lifecycle manager (nav2_lifecycle_manager's node_names) or f
 `ros2 lifecycle set /ttt3r_node configure`, then `activate`.
 
 Compressed input: image_transport:=compressed subscribes to <image_topic>/compressed.
+Several cameras, one model: cameras:=front,back (or `cameras` in the params file) subscribes to front/image and
+front/camera_info, back/image and back/camera_info in the node's namespace (remap them in a launch file of your own,
+or let the drivers publish there); image_topic and camera_info_topic then do not apply. The primary (first) camera
+gives odometry and TF; every camera's mount must be in TF.
 The camera mount (base_frame -> camera optical frame) must be in TF (URDF / static_transform_publisher), or
 camera_is_base:=true when the camera is the robot body.
 RViz (rviz:=true) runs in the node's namespace (config/ttt3r.rviz uses relative topics) with the node's odom_frame
@@ -43,6 +47,7 @@ PARAMETER_ARGUMENTS: dict[str, type] = {
     "weights": str, "model_config": str, "device": str, "image_transport": str,
     "odom_frame": str, "base_frame": str, "camera_frame": str, "camera_is_base": bool, "publish_tf": bool,
     "use_sim_time": bool, "process_all_frames": bool, "input_qos_depth": int, "autostart": bool,
+    "cameras": list,
 }
 _USE_SIM_TIME_HELP = "follow /clock (bag replay, simulation)"
 # Launch-only arguments: name -> (default, description).
@@ -69,6 +74,10 @@ def _parameter_argument(name: str, kind: type) -> DeclareLaunchArgument:
 def _typed(name: str, text: str, kind: type) -> Any:
     if kind is bool:
         return text == "true"   # the declared choices allow only '', 'true', 'false'
+    if kind is list:
+        # cameras:=front,back or cameras:="[front, back]": a string array (the node's topics name the cameras)
+        names = [n.strip().strip("'\"") for n in text.strip().removeprefix("[").removesuffix("]").split(",")]
+        return [n for n in names if n]
     if kind is int:
         try:
             return int(text)

@@ -346,3 +346,69 @@ def test_engine_fast_path_uint8_frames_equal_eager_on_cuda(vectors) -> None:
             print(f"\nuint8 {w}x{h}: pose max diff {worst:.3g}")
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", [name for name in fast.PRECISIONS if name != "fp32"])
+def test_engine_fast_path_runs_each_reduced_precision_on_cuda(vectors, precision: str) -> None:
+    """Every reduced precision of the table through the engine's CUDA graph with its default levers (compiled
+    blocks and heads, channels-last, concurrent decoders): the graph keeps the state in the precision's stream
+    dtype, every frame is valid (finite flags read with the pose), and the poses and depth follow the same
+    precision run eagerly (same weights; compiled kernels round differently, hence the loose tolerance)."""
+    if not torch.cuda.is_available():
+        reason = "no CUDA device: the reduced precisions' fast path is not run here"
+        print(reason)
+        pytest.skip(reason)
+    from ttt3r_ros.model import set_precision
+
+    spec = fast.precision_spec(precision)
+    models = []
+    for _ in range(2):
+        model = parity.build_parity_model(vectors, "cuda")
+        set_precision(model, spec.weights, spec.heads, spec.stream)
+        models.append(model)
+    frames = _uint8_frames(6)
+    eager = StreamingReconstructor(models[0], size=64, build_map=False, fast_path=False)
+    graphed = StreamingReconstructor(models[1], size=64, build_map=False)
+    eager_res = [eager.step(f, 0.1 * i) for i, f in enumerate(frames)]
+    graph_res = [graphed.step(f, 0.1 * i) for i, f in enumerate(frames)]
+    assert graphed.fast_path_active, graphed.fast_path_status
+    assert str(spec.weights).replace("torch.", "") in graphed.fast_path_status
+    runner = graphed._batched._runner.graphs[(1, 96, 128, "uint8")].graphed
+    assert runner.state.state.dtype == spec.stream and runner.finite.dtype == torch.bool
+    assert all(r.valid for r in eager_res + graph_res)
+    scale = max(1.0, max(np.abs(e.camera_to_world_model).max() for e in eager_res))  # translations in model units
+    worst = max(np.abs(g.camera_to_world_model - e.camera_to_world_model).max()
+                for e, g in zip(eager_res, graph_res)) / scale
+    depth = max(np.median(np.abs(g.depth - e.depth) / np.maximum(np.abs(e.depth), 1e-6))
+                for e, g in zip(eager_res, graph_res))
+    print(f"\n{precision}: graph vs eager pose max diff {worst:.3g} (relative to the poses' scale), depth median "
+          f"rel diff (worst frame) {depth:.3g}")
+    assert worst < 5e-2 and depth < 5e-2
+
+
+@pytest.mark.gpu
+def test_graph_path_reports_a_float16_overflow_as_an_invalid_frame_on_cuda(vectors) -> None:
+    """A weight set to 6e4 under a captured fp16 graph (the replay reads the parameter's memory): the finite flag
+    computed inside the graph marks the frame invalid, the stream resets, and the next frames are still graphed."""
+    if not torch.cuda.is_available():
+        reason = "no CUDA device: the in-graph finite flag is not run here"
+        print(reason)
+        pytest.skip(reason)
+    from ttt3r_ros.model import set_precision
+
+    model = parity.build_parity_model(vectors, "cuda")
+    set_precision(model, torch.float16, torch.float16)
+    engine = StreamingReconstructor(model, size=64, build_map=False)
+    frames = _uint8_frames(4)
+    assert engine.step(frames[0], 0.0).valid and engine.fast_path_active
+    weight = model.enc_blocks[0].mlp.fc2.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.fill_(6e4)
+    bad = engine.step(frames[1], 0.1)
+    assert not bad.valid and engine.invalid_frames == 1 and engine.fast_path_active
+    with torch.no_grad():
+        weight.copy_(saved)
+    after = [engine.step(f, 0.2 + 0.1 * i) for i, f in enumerate(frames[2:])]
+    assert all(r.valid for r in after) and after[0].was_reset and engine.fast_path_active

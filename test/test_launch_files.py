@@ -558,7 +558,7 @@ def test_live_launch_params_file_alone_configures_node_over_dds(launch_api: Any,
     try:
         assert h.wait_for(lambda: ("ttt3r_node", "/robot1") in probe.node.get_node_names_and_namespaces(), 30,
                           proc), h.log_tail(tmp_path / "node.log")
-        assert probe.lifecycle_state("/robot1/ttt3r_node", timeout_s=60) == "active", h.log_tail(tmp_path / "node.log")
+        assert probe.autostart_outcome("/robot1/ttt3r_node", timeout_s=60) == "active", h.log_tail(tmp_path / "node.log")
 
         def subscribed() -> bool:
             return any(n.node_name == "ttt3r_node" and n.node_namespace == "/robot1"
@@ -616,7 +616,8 @@ def test_bag_launch_brings_the_node_up_and_saves_when_the_player_exits(launch_ap
     params_file = tmp_path / "tiny.yaml"
     params_file.write_text(f"/**:\n  ros__parameters:\n    image_size: 64\n    warmup_frames: 0\n"
                            f"    default_map_path: {tmp_path / 'map.ply'}\n"
-                           f"    default_trajectory_path: {tmp_path / 'trajectory.tum'}\n")
+                           f"    default_trajectory_path: {tmp_path / 'trajectory.tum'}\n"
+                           f"    save_directory: {tmp_path}\n")
     run = _bag_run(tmp_path, params_file=str(params_file), weights=str(h.tiny_weights(tmp_path)),
                    model_config=str(h.tiny_config()), device="cpu", namespace="r1", save_on_exit="true")
     proc, probe = _start_bag_node(run, tmp_path)

@@ -241,6 +241,49 @@ def test_reduced_precision_runs_close_to_float32(dtype: torch.dtype) -> None:
         torch.testing.assert_close(out_red.gate, out_ref.gate, atol=2e-2, rtol=0)
 
 
+@pytest.mark.parametrize("precision", ["bf16-fp32state", "fp16-fp32state"])
+def test_float32_state_precisions_keep_stream_and_state_in_float32(precision: str, tmp_path) -> None:
+    """Weights (matmuls) reduced, LayerNorms, learned tokens, S0, state and memory float32; closer to float32 than
+    the uniform precision of the same weights dtype, where the carried state is concerned; loading a checkpoint
+    keeps the float32 LayerNorm parameters exact."""
+    from torch import nn
+
+    from ttt3r_ros.model.checkpoint import save_safetensors
+    from ttt3r_ros.model.fast import precision_spec
+
+    spec = precision_spec(precision)
+    reference = build_model(TINY, seed=3)
+    mixed = build_model(TINY, seed=3, dtype=spec.weights, head_dtype=spec.heads, stream_dtype=spec.stream)
+    uniform = build_model(TINY, seed=3, dtype=spec.weights, head_dtype=spec.weights)
+    assert (mixed.dtype, mixed.stream_dtype) == (spec.weights, torch.float32)
+    assert mixed.enc_blocks[0].attn.qkv.weight.dtype == spec.weights
+    trunk_norms = [m for name, m in mixed.named_modules()
+                   if isinstance(m, nn.LayerNorm) and not name.startswith("downstream_head")]
+    assert trunk_norms and all(m.weight.dtype == torch.float32 for m in trunk_norms)
+    assert mixed.pose_retriever.mem.dtype == mixed.pose_token.dtype == torch.float32
+    assert mixed.downstream_head.dpt_self.head[0].weight.dtype == spec.heads
+    state_ref, state_mixed, state_uniform = (m.initial_state(1) for m in (reference, mixed, uniform))
+    assert state_mixed.state.dtype == state_mixed.mem.dtype == torch.float32
+    for view in frames(4, seed=13):
+        out_ref, state_ref = reference.step(view, state_ref, heads=("self",))
+        out_mixed, state_mixed = mixed.step(view, state_mixed, heads=("self",))
+        _, state_uniform = uniform.step(view, state_uniform, heads=("self",))
+        assert state_mixed.state.dtype == torch.float32 and out_mixed.pts3d_in_self_view.dtype == torch.float32
+        torch.testing.assert_close(out_mixed.camera_pose, out_ref.camera_pose, atol=2e-2, rtol=0)
+    error_mixed = (state_mixed.state - state_ref.state).abs().max()
+    error_uniform = (state_uniform.state.float() - state_ref.state).abs().max()
+    print(f"\n{precision}: state max error {error_mixed:.3g} vs {error_uniform:.3g} with a {spec.weights} state")
+    assert error_mixed < error_uniform
+    path = tmp_path / "tiny.safetensors"
+    with torch.no_grad():  # values that bf16/fp16 cannot hold exactly (the random init's LayerNorms are all 1)
+        reference.enc_norm.weight.copy_(1 + torch.linspace(0, 1e-3, reference.enc_norm.weight.numel()))
+    save_safetensors(reference.state_dict(), path)
+    loaded = build_model(TINY, weights=path, dtype=spec.weights, head_dtype=spec.heads, stream_dtype=spec.stream)
+    assert torch.equal(loaded.enc_norm.weight, reference.enc_norm.weight)  # float32, not rounded to the weights'
+    assert not torch.equal(reference.enc_norm.weight.to(spec.weights).float(), reference.enc_norm.weight)
+    assert loaded.stream_dtype == torch.float32 and loaded.dtype == spec.weights
+
+
 def test_explicit_attention_impl_matches_sdpa(model) -> None:
     """attention_impl="explicit" (benchmarks mimicking the reference) gives the same outputs and gate."""
     views = frames(2, seed=10)

@@ -42,11 +42,16 @@ class _Recorder:
     """Stands in for a lifecycle publisher: keeps what the node publishes; `subscribers` is what the node sees
     (heavy outputs are only built for topics with subscribers)."""
 
-    def __init__(self, subscribers: int = 1) -> None:
+    def __init__(self, msg_type: Any, subscribers: int = 1) -> None:
         self.msgs: list[Any] = []
+        self.msg_type = msg_type
         self.subscribers = subscribers
 
     def publish(self, msg: Any) -> None:
+        if isinstance(msg, bytes):   # dense outputs are published as serialized CDR
+            from rclpy.serialization import deserialize_message
+
+            msg = deserialize_message(msg, self.msg_type)
         self.msgs.append(msg)
 
     def get_subscription_count(self) -> int:
@@ -104,12 +109,14 @@ def _run_node(oracle: OracleNetwork, images: list[np.ndarray], static_tf: list[A
                 ext._tf2_buffer.set_transform_static(ts, "test")
             else:
                 ext._static.add_message(type("TFMessage", (), {"transforms": [ts]})())
-    recorders = {name: _Recorder(0 if name in unsubscribed else 1) for name in node._pubs}
+    recorders = {name: _Recorder(pub.msg_type, 0 if name in unsubscribed else 1) for name, pub in node._pubs.items()}
     node._pubs.update(recorders)
     for i, rgb in enumerate(images):
         msg = conv.numpy_to_image(rgb, "rgb8", Header(stamp=conv.seconds_to_stamp(1000.0 + 0.1 * i),
                                                       frame_id="camera_optical"))
         node._process(node_module._Frame(msg=msg, received_wall_s=time.monotonic()))
+        # the dense outputs and the map are handed to their threads (newest frame only): let each frame through
+        assert node._outputs.wait_idle(30.0) and node._mapper.wait_idle(30.0)
     return node, recorders
 
 
@@ -135,7 +142,7 @@ def test_forward_camera_gives_odometry_plus_x_and_left_turn_positive_yaw(ros_con
         for i in range(1, 3)]
     images, oracle, room = _render(forward + turn)
     node, rec = _run_node(oracle, images, camera_is_base=True,
-                          default_trajectory_path=str(tmp_path / "traj.tum"))
+                          default_trajectory_path="traj.tum", save_directory=str(tmp_path))
     try:
         odoms = rec["odom"].msgs
         assert len(odoms) == 6

@@ -18,7 +18,7 @@ def test_keep_latest_replaces_and_counts_drops() -> None:
     assert time.monotonic() - t0 < 0.1   # never blocks the callback
     assert q.get(timeout_s=0.1) == 9
     snap = q.snapshot()
-    assert snap == {"received": 10, "dropped": 9, "taken": 1, "waiting": 0}
+    assert snap == {"received": 10, "dropped": 9, "refused": 0, "taken": 1, "waiting": 0}
     assert q.get(timeout_s=0.01) is None
 
 
@@ -50,7 +50,7 @@ def test_process_all_put_times_out_and_counts() -> None:
     q: FrameQueue[int] = FrameQueue(process_all=True, max_size=1, put_timeout_s=0.05)
     assert q.put(1)
     assert not q.put(2)
-    assert q.snapshot()["dropped"] == 1
+    assert (q.snapshot()["refused"], q.snapshot()["dropped"]) == (1, 0)
 
 
 class _ConditionThatReportsWaiters(threading.Condition):

@@ -155,6 +155,17 @@ class Probe:
 
         return self.call(GetState, f"{node_fqn}/get_state", GetState.Request(), timeout_s).current_state.label
 
+    def autostart_outcome(self, node_fqn: str, timeout_s: float = 60.0) -> str:
+        """The lifecycle state once an autostarting node has finished starting: 'active', or 'unconfigured' after a
+        failed configure (the node answers while configuring: ttt3r_node spins before it configures); the last
+        state seen on timeout."""
+        deadline = time.monotonic() + timeout_s
+        state = self.lifecycle_state(node_fqn, timeout_s)
+        while state not in ("active", "unconfigured") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = self.lifecycle_state(node_fqn, max(1.0, deadline - time.monotonic()))
+        return state
+
     def close(self) -> None:
         import rclpy
 

@@ -7,6 +7,8 @@ frames must be valid in that precision, odometry continuing. Precisions with flo
 """
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +57,11 @@ def test_fp16_overflow_marks_the_frame_invalid_and_falls_back_once() -> None:
     good = [session.step(engine, frames[i], 0.1 * i) for i in range(2)]
     assert all(r.valid for r in good)
     _force_overflow(session.model)
+    old_model = weakref.ref(session.model)
     lines: list[str] = []
     bad = session.step(engine, frames[2], 0.2, log=lines.append)
+    gc.collect()
+    assert old_model() is None  # not kept beside the new one
     assert not bad.valid  # the node must not publish it
     np.testing.assert_array_equal(bad.camera_to_world, good[-1].camera_to_world)  # the last good pose
     assert session.precision_fallbacks == 1 and session.precision == fast.OVERFLOW_FALLBACK_PRECISION
@@ -105,3 +110,24 @@ def test_precisions_with_float32_range_do_not_switch() -> None:
     result = session.step(engine, _frames(1)[0], 0.0, log=lines.append)
     assert not result.valid and engine.invalid_frames == 1
     assert session.precision_fallbacks == 0 and session.precision == "fp32" and not lines
+
+
+@pytest.mark.gpu
+def test_fp16_overflow_falls_back_on_cuda_with_the_fast_path() -> None:
+    """The same guard on a GPU: fp16 CUDA graph, a forced overflow, one fallback to the safe precision; the next
+    frames run through a newly captured graph of the new model and are valid."""
+    if not torch.cuda.is_available():
+        reason = "no CUDA device: the guard's GPU path (in-graph finite flags, recapture) is not run here"
+        print(reason)
+        pytest.skip(reason)
+    session = open_session(SessionConfig(weights="random", precision="fp16", **{**TINY, "device": "cuda"}))
+    engine = session.new_engine(build_map=False)
+    frames = _frames(4)
+    assert session.step(engine, frames[0], 0.0).valid and engine.fast_path_active
+    _force_overflow(session.model)
+    lines: list[str] = []
+    assert not session.step(engine, frames[1], 0.1, log=lines.append).valid
+    assert session.precision_fallbacks == 1 and len(lines) == 1
+    after = [session.step(engine, f, 0.2 + 0.1 * i, log=lines.append) for i, f in enumerate(frames[2:])]
+    assert all(r.valid for r in after) and engine.fast_path_active, engine.fast_path_status
+    assert session.precision == fast.overflow_fallback("fp16", "cuda") and len(lines) == 1

@@ -14,7 +14,7 @@ from ttt3r_ros.session import odometry
 from ttt3r_ros.session.build import (PLUMBING_LABEL, WEIGHTS_ENV, SessionError, open_session, resolve_device,
                                      resolve_weights)
 from ttt3r_ros.session.odometry import OdometryLimits, OdometryTracker
-from ttt3r_ros.session.settings import SessionConfig
+from ttt3r_ros.session.settings import DEFAULTS, SessionConfig
 
 TINY = dict(model_config="tiny", image_size=64, device="cpu", warmup_frames=0)
 
@@ -105,28 +105,31 @@ def _pose(yaw_rad: float, x_m: float) -> np.ndarray:
     return geometry.make_se3(np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]), [x_m, 0.0, 0.0])
 
 
-def test_tracker_twist_covariance_tracking_state_and_trajectory() -> None:
+def test_tracker_twist_tracking_state_and_trajectory() -> None:
     tracker = OdometryTracker()
     confident = np.full((4, 5), 5.0, np.float32)
     first = tracker.update(10.0, _pose(0.0, 0.0), confident)
     assert first.tracking_state == odometry.TRACKING_OK and first.confident_fraction == 1.0
     assert first.twist_covariance_diagonal == [odometry.LOST_VARIANCE] * 6   # no velocity from one pose
-    assert first.pose_covariance_diagonal == [0.01] * 6
-    # 0.2 m forward and 0.1 rad left in 0.5 s; 5 of 20 pixels confident: degraded, variances x4
+    # at the origin: the table's floor, never zero
+    assert first.pose_covariance_diagonal == [DEFAULTS.position_variance_m2] * 3 + [DEFAULTS.rotation_variance_rad2] * 3
+    # 0.2 m forward and 0.1 rad left in 0.5 s; 5 of 20 pixels confident: degraded
     half = confident.copy()
     half.reshape(-1)[5:] = 1.0
     second = tracker.update(10.5, _pose(0.1, 0.2), half)
     np.testing.assert_allclose(second.twist_linear_mps, [0.4, 0.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(second.twist_angular_radps, [0.0, 0.0, 0.2], atol=1e-12)
     assert second.confident_fraction == 0.25 and second.tracking_state == odometry.TRACKING_DEGRADED
-    np.testing.assert_allclose(second.pose_covariance_diagonal, [0.04] * 6)
-    np.testing.assert_allclose(second.twist_covariance_diagonal, [2 * 0.04 / 0.25] * 6)
-    # live limits: a stricter lost fraction makes the same frame LOST (9999), an older stamp gives no twist
-    lost = tracker.update(10.4, _pose(0.1, 0.2), half, OdometryLimits(tracking_lost_fraction=0.3,
-                                                                      tracking_degraded_fraction=0.5))
-    assert lost.tracking_state == odometry.TRACKING_LOST and lost.tracking_name == "lost"
-    assert lost.pose_covariance_diagonal == [odometry.LOST_VARIANCE] * 6
-    assert np.all(lost.twist_linear_mps == 0) and lost.twist_covariance_diagonal == [odometry.LOST_VARIANCE] * 6
+    # random walk: noise^2 * size / fraction on top of the floor
+    k_t, k_r = DEFAULTS.translation_noise_m_per_sqrt_m, DEFAULTS.rotation_noise_rad_per_sqrt_rad
+    np.testing.assert_allclose(second.pose_covariance_diagonal[:3], DEFAULTS.position_variance_m2 + k_t**2 * 0.2 / 0.25)
+    np.testing.assert_allclose(second.pose_covariance_diagonal[3:], DEFAULTS.rotation_variance_rad2 + k_r**2 * 0.1 / 0.25)
+    # the twist: that one increment's variance over dt^2 (not the absolute pose's)
+    np.testing.assert_allclose(second.twist_covariance_diagonal[:3], k_t**2 * 0.2 / 0.25 / 0.5**2)
+    np.testing.assert_allclose(second.twist_covariance_diagonal[3:], k_r**2 * 0.1 / 0.25 / 0.5**2)
+    # an older stamp gives no twist
+    older = tracker.update(10.4, _pose(0.1, 0.25), confident)
+    assert np.all(older.twist_linear_mps == 0) and older.twist_covariance_diagonal == [odometry.LOST_VARIANCE] * 6
     # the trajectory: every frame, compactly
     assert isinstance(tracker.trajectory, Trajectory) and len(tracker.trajectory) == 3
     np.testing.assert_allclose(tracker.trajectory.timestamps(), [10.0, 10.5, 10.4])
@@ -135,6 +138,124 @@ def test_tracker_twist_covariance_tracking_state_and_trajectory() -> None:
     assert len(tracker.trajectory) == 0
     again = tracker.update(11.0, _pose(0.0, 1.0), None)   # unknown confidence: taken as fully confident
     assert again.tracking_state == odometry.TRACKING_OK and again.twist_covariance_diagonal[0] == 9999.0
+    np.testing.assert_allclose(again.t_odom_base, _pose(0.0, 1.0))   # no re-anchoring without a loss
+
+
+def _drive(tracker: OdometryTracker, poses: list[np.ndarray], rate_hz: float = 30.0, t0_s: float = 0.0,
+           confidence: np.ndarray | None = None) -> list[odometry.OdometryEstimate]:
+    return [tracker.update(t0_s + i / rate_hz, pose, confidence) for i, pose in enumerate(poses)]
+
+
+def test_pose_variance_grows_with_distance_and_rotation_and_an_odometry_restart_restarts_it() -> None:
+    tracker = OdometryTracker()
+    straight = _drive(tracker, [_pose(0.0, 0.01 * i) for i in range(301)])   # 3 m at 0.3 m/s
+    position = np.array([e.pose_covariance_diagonal[0] for e in straight])
+    rotation = np.array([e.pose_covariance_diagonal[3] for e in straight])
+    assert np.all(np.diff(position) > 0) and np.all(np.diff(rotation) == 0)   # grows with distance, not time
+    # sigma after d metres = noise * sqrt(d) on top of the floor, independent of the frame rate
+    np.testing.assert_allclose(position[-1], DEFAULTS.position_variance_m2
+                               + DEFAULTS.translation_noise_m_per_sqrt_m**2 * 3.0, rtol=1e-9)
+    still = _drive(tracker, [_pose(0.0, 3.0)] * 30, t0_s=20.0)   # standing still: no growth
+    assert still[-1].pose_covariance_diagonal == straight[-1].pose_covariance_diagonal
+    turning = _drive(tracker, [_pose(0.02 * i, 3.0) for i in range(1, 51)], t0_s=30.0)   # 1 rad on the spot
+    rotation = np.array([e.pose_covariance_diagonal[3] for e in turning])
+    assert np.all(np.diff(rotation) > 0)
+    np.testing.assert_allclose(rotation[-1], DEFAULTS.rotation_variance_rad2
+                               + DEFAULTS.rotation_noise_rad_per_sqrt_rad**2 * 1.0, rtol=1e-9)
+    # a low confident fraction makes the same motion count more
+    degraded_tracker = OdometryTracker()
+    degraded = np.zeros((10, 10), np.float32)
+    degraded.reshape(-1)[:20] = 5.0   # 20 % confident
+    low = _drive(degraded_tracker, [_pose(0.0, 0.01 * i) for i in range(301)], confidence=degraded)
+    assert low[-1].tracking_state == odometry.TRACKING_DEGRADED
+    np.testing.assert_allclose(low[-1].pose_covariance_diagonal[0] - DEFAULTS.position_variance_m2,
+                               5 * (position[-1] - DEFAULTS.position_variance_m2), rtol=1e-9)
+    # an odometry restart starts the growth again
+    tracker.reset()
+    restarted = _drive(tracker, [_pose(0.0, 0.01 * i) for i in range(11)], t0_s=40.0)
+    assert restarted[0].pose_covariance_diagonal[0] == DEFAULTS.position_variance_m2
+    assert restarted[-1].pose_covariance_diagonal[0] < straight[20].pose_covariance_diagonal[0]
+
+
+def test_twist_sigma_is_realistic_at_30_hz_and_clamped() -> None:
+    tracker = OdometryTracker()
+    walking = _drive(tracker, [_pose(0.5 / 30 * i, 0.5 / 30 * i) for i in range(31)])   # 0.5 m/s, 0.5 rad/s
+    sigma_v = math.sqrt(walking[-1].twist_covariance_diagonal[0])
+    sigma_w = math.sqrt(walking[-1].twist_covariance_diagonal[5])
+    assert 0.01 <= sigma_v <= 0.15 and 0.01 <= sigma_w <= 0.15, (sigma_v, sigma_w)   # the old model: ~4 m/s
+    np.testing.assert_allclose(np.linalg.norm(walking[-1].twist_linear_mps), 0.5, rtol=1e-9)   # speed
+    # standing still: the floor, not zero; one huge jump in one frame: the ceiling, not more
+    still = _drive(OdometryTracker(), [_pose(0.0, 0.0)] * 3)
+    assert still[-1].twist_covariance_diagonal == [odometry.TWIST_SIGMA_FLOOR_MPS**2] * 3 + [
+        odometry.TWIST_SIGMA_FLOOR_RADPS**2] * 3
+    jump_tracker = OdometryTracker()
+    jump_tracker.update(0.0, _pose(0.0, 0.0), None)
+    jump = jump_tracker.update(1e-3, _pose(0.0, 1e4), None, OdometryLimits(translation_noise_m_per_sqrt_m=10.0))
+    assert jump.twist_covariance_diagonal[0] == odometry.TWIST_SIGMA_CEILING_MPS**2
+
+
+def test_covariance_matrices_are_symmetric_positive_definite() -> None:
+    from ttt3r_ros.session.message_codec import _diagonal_6x6
+
+    tracker = OdometryTracker()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        pose = _pose(float(rng.normal(0, 0.5)), float(rng.normal(0, 2.0)))
+        estimate = tracker.update(i / 30, pose, rng.uniform(0, 6, (8, 8)).astype(np.float32))
+        for diagonal in (estimate.pose_covariance_diagonal, estimate.twist_covariance_diagonal):
+            matrix = np.array(_diagonal_6x6(diagonal), dtype=np.float64).reshape(6, 6)
+            assert np.array_equal(matrix, matrix.T) and np.all(np.linalg.eigvalsh(matrix) > 0)
+
+
+def test_lost_tracking_holds_the_last_good_pose_and_re_anchors_after() -> None:
+    tracker = OdometryTracker()
+    good = np.full((4, 4), 5.0, np.float32)
+    lost = np.zeros((4, 4), np.float32)
+    before = _drive(tracker, [_pose(0.0, 0.1 * i) for i in range(5)], confidence=good)
+    held = before[-1].t_odom_base
+    # lost: the model wanders off by metres; odom and TF hold the last good pose, variances say "ignore"
+    during = [tracker.update(1.0 + 0.1 * i, _pose(0.5 * i, 5.0 + i), lost) for i in range(3)]
+    for estimate in during:
+        assert estimate.holding and estimate.tracking_state == odometry.TRACKING_LOST
+        np.testing.assert_array_equal(estimate.t_odom_base, held)
+        assert estimate.pose_covariance_diagonal == [odometry.LOST_VARIANCE] * 6
+        assert "holding last good pose" in estimate.summary
+    assert tracker.holding
+    # back: the first good frame sits at the held pose (no jump to the model's diverged pose), later frames add
+    # the model's relative motion from there
+    back = tracker.update(2.0, _pose(1.0, 8.0), good)
+    assert not back.holding and not tracker.holding
+    np.testing.assert_allclose(back.t_odom_base, held, atol=1e-12)
+    np.testing.assert_allclose(back.model_t_odom_base, _pose(1.0, 8.0))
+    assert back.twist_covariance_diagonal == [odometry.LOST_VARIANCE] * 6   # no velocity across the gap
+    # the dropped motion (from the model's last good pose to here) became uncertainty
+    dropped = geometry.invert_se3(_pose(0.0, 0.4)) @ _pose(1.0, 8.0)
+    np.testing.assert_allclose(back.pose_covariance_diagonal[0] - before[-1].pose_covariance_diagonal[0],
+                               np.sum(dropped[:3, 3] ** 2), rtol=1e-9)
+    step = geometry.make_se3(np.eye(3), [0.05, 0.0, 0.0])
+    after = tracker.update(2.1, _pose(1.0, 8.0) @ step, good)
+    np.testing.assert_allclose(after.t_odom_base, held @ step, atol=1e-12)
+    np.testing.assert_allclose(after.twist_linear_mps, [0.5, 0.0, 0.0], atol=1e-9)
+    assert len(tracker.trajectory) == 10   # the held poses are in the trajectory: what was published
+
+
+def test_lost_from_the_first_frame_holds_the_origin() -> None:
+    tracker = OdometryTracker()
+    lost = np.zeros((4, 4), np.float32)
+    first = tracker.update(0.0, np.eye(4), lost)
+    second = tracker.update(0.1, _pose(0.3, 2.0), lost)
+    np.testing.assert_array_equal(first.t_odom_base, np.eye(4))
+    np.testing.assert_array_equal(second.t_odom_base, np.eye(4))
+    back = tracker.update(0.2, _pose(0.3, 2.5), np.full((4, 4), 5.0, np.float32))
+    np.testing.assert_allclose(back.t_odom_base, np.eye(4), atol=1e-12)
+
+
+def test_odometry_limits_from_node_values_and_the_table() -> None:
+    live = {"confidence_threshold": 2.0, "translation_noise_m_per_sqrt_m": 0.1, "publish_tf": True}
+    limits = OdometryLimits.from_values(live)
+    assert limits.confidence_threshold == 2.0 and limits.translation_noise_m_per_sqrt_m == 0.1
+    assert limits.rotation_noise_rad_per_sqrt_rad == DEFAULTS.rotation_noise_rad_per_sqrt_rad
+    assert OdometryLimits.from_config(DEFAULTS) == OdometryLimits()
 
 
 # ------------------------------------------------------------------------------------------------ codecs

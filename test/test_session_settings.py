@@ -160,5 +160,8 @@ def test_defaults_validate_and_problems_are_readable() -> None:
     assert "device='gpu'" in text and "precision='fp8' is not one of" in text
     assert "voxel_size_m=-1.0 outside" in text and "odom_frame must not be empty" in text
     assert len(problems) == 7
-    assert SessionConfig(image_size=8).validate() == ["image_size=8 outside [16, 4096]"]
+    assert SessionConfig(image_size=16).validate() == [
+        "image_size=16 outside [32, 4096]: the model cannot run it (a 4:3 frame at 16 px leaves a short side below "
+        "one 16 px patch)"]
+    assert "unknown model config 'nope'" in SessionConfig(model_config="nope").validate()[0]
     assert SessionConfig.from_values({"image_size": 64, "queue_size": 3}).image_size == 64  # non-settings ignored

@@ -13,13 +13,20 @@ whole new one.
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import stat
+import time
 from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries",
+           "TEMPORARY_NAME_PATTERN"]
 
 # A random 64-bit suffix does not collide in practice; O_EXCL guarantees it, these attempts bound the retries.
 _NAME_ATTEMPTS = 100
+_SUFFIX_HEX_DIGITS = 16   # secrets.token_hex(8)
+# The names of atomic_write's temporaries: "." + final name + "." + 16 hex digits + ".tmp" (see atomic_write).
+TEMPORARY_NAME_PATTERN = re.compile(r"^\..+\.[0-9a-f]{%d}\.tmp$" % _SUFFIX_HEX_DIGITS)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
@@ -37,7 +44,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     tmp: str | None = None
     try:
         for _ in range(_NAME_ATTEMPTS):
-            tmp = prefix + secrets.token_hex(8) + ".tmp"
+            tmp = prefix + secrets.token_hex(_SUFFIX_HEX_DIGITS // 2) + ".tmp"
             try:
                 f = open(tmp, "xb")
                 break
@@ -76,3 +83,56 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
     """``text`` encoded (UTF-8 by default) as the whole new content of ``path`` (see ``atomic_write``)."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def _paths_open_by_processes() -> set[str] | None:
+    """Real paths of the files any visible process holds open (Linux /proc), or None where /proc is not there.
+    Processes of other users are not visible: their files count as not held (the age rule still protects them)."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    held: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                held.add(os.readlink(f"{fd_dir}/{fd}"))
+            except OSError:
+                continue
+    return held
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], older_than_s: float | None = None) -> list[str]:
+    """Remove the temporaries ``atomic_write`` left in ``folder`` when its process was killed (kill -9, power cut:
+    the ``except`` that removes them never ran). Only names of ``TEMPORARY_NAME_PATTERN``, only regular files (not
+    symlinks), only those last modified before ``older_than_s`` (epoch seconds; default: now) and not held open by
+    a live process (a concurrent writer's file is open until its rename). Returns the removed paths."""
+    folder = os.fspath(folder)
+    cutoff_s = time.time() if older_than_s is None else older_than_s
+    try:
+        names = [n for n in os.listdir(folder) if TEMPORARY_NAME_PATTERN.match(n)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    if not names:
+        return []
+    held = _paths_open_by_processes() or set()
+    removed = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(info.st_mode) or info.st_mtime >= cutoff_s or os.path.realpath(path) in held:
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed

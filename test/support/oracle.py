@@ -22,6 +22,15 @@ class OracleState:
     anchor: torch.Tensor   # [B] int64
     fresh: torch.Tensor    # [B] bool
 
+    # the engine's finite check (model.state.finite_streams) reads a state's `state` and `mem` tensors ([B, ...])
+    @property
+    def state(self) -> torch.Tensor:
+        return self.anchor.to(torch.float32)[:, None]
+
+    @property
+    def mem(self) -> torch.Tensor:
+        return self.fresh.to(torch.float32)[:, None]
+
     def clone(self) -> "OracleState":
         return OracleState(self.anchor.clone(), self.fresh.clone())
 

@@ -19,7 +19,8 @@ class FrameResult:
     """One frame's outputs. Dense tensors stay on the model's device until asked for; host copies are cached.
 
     Host-side properties (numpy): camera_to_world, camera_to_world_model, base_in_odom, intrinsics_model,
-    intrinsics_input, focal_model, depth, confidence, colour, points_camera, points_world, gate_mean/min/max.
+    intrinsics_input, focal_model, intrinsics_network, focal_disagreement, depth, confidence, colour, points_camera,
+    points_world, gate_mean/min/max.
     Device tensors: ``tensor(name)`` for name in ('points_camera', 'points_world', 'depth', 'confidence',
     'colour'). ``numpy(name)`` returns the cached host copy of any of those.
     """
@@ -58,6 +59,7 @@ class FrameResult:
         self._host_ready = host_ready
         self._k_input_given = intrinsics_input
         self._k_model: np.ndarray | None = None
+        self._k_network: np.ndarray | None = None
         self._focal_pixel_stride = focal_pixel_stride
 
     # ---------------------------------------------------------------------------------------------- sizes
@@ -88,12 +90,39 @@ class FrameResult:
             if self._k_input_given is not None:
                 self._k_model = geometry.intrinsics_input_to_model(self._k_input_given, self.transform)
             else:
-                h, w = self.model_size
-                pp = geometry.reference_principal_point(h, w)
-                focal = float(geometry.estimate_focal_weiszfeld(self._tensors["points_camera"], pp,
-                                                                pixel_stride=self._focal_pixel_stride))
-                self._k_model = geometry.intrinsics_matrix(focal, *pp)
+                self._k_model = self.intrinsics_network
         return self._k_model
+
+    @property
+    def intrinsics_network(self) -> np.ndarray:
+        """3x3 at model resolution implied by the network's own point map, whatever calibration was given: the
+        reference estimate (Weiszfeld focal on the self-view points, principal point (W//2, H//2)). The camera
+        that ``depth`` back-projects with into ``points_camera`` (up to the network's deviation from a pinhole),
+        so a depth image is published with it. Computed on first read (a few reductions over the point map)."""
+        if self._k_network is None:
+            h, w = self.model_size
+            pp = geometry.reference_principal_point(h, w)
+            focal = float(geometry.estimate_focal_weiszfeld(self._tensors["points_camera"], pp,
+                                                            pixel_stride=self._focal_pixel_stride))
+            self._k_network = geometry.intrinsics_matrix(focal, *pp)
+        return self._k_network
+
+    @property
+    def intrinsics_network_computed(self) -> bool:
+        """Whether ``intrinsics_network`` has been read already (then ``focal_disagreement`` costs nothing)."""
+        return self._k_network is not None
+
+    @property
+    def focal_disagreement(self) -> float | None:
+        """|f_network / f_calibrated - 1| at model resolution (f_calibrated: the mean of fx and fy of the given,
+        undistorted calibration mapped through resize/crop); None without a calibration. A health figure: a large
+        value means the calibration does not describe the images (wrong camera_info, zoom) or the network's scale
+        of the scene is off."""
+        if self._k_input_given is None:
+            return None
+        k_cal = self.intrinsics_model
+        f_cal = 0.5 * (float(k_cal[0, 0]) + float(k_cal[1, 1]))
+        return abs(float(self.intrinsics_network[0, 0]) / f_cal - 1.0)
 
     @property
     def intrinsics_input(self) -> np.ndarray:

@@ -12,6 +12,12 @@ Three routes, chosen per call:
   as they are.
 
 Every route gives the same resize/crop bookkeeping (``geometry.ResizeCrop``) per frame.
+
+Lens distortion (``camera_model``): a uint8 frame whose camera has a non-zero D is undistorted before anything
+else, at its input size: with cv2.remap on the host where a numpy frame is preprocessed on the host; on the device
+otherwise, and on the raw route inside the step runner's CUDA graph (``ModelInput.undistortion`` tells the runner
+which frames; its grids are static buffers of the graph). A frame without a camera model, or a rectified one, is
+untouched. Pre-normalised float frames are at model size already and cannot carry a camera model.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .camera_model import CameraModel, UndistortionRequest, _grid_on, undistort_torch
 from .config import EngineConfig
 from .geometry import ResizeCrop
 from .preprocess import Preprocessed, plan_resize_crop, preprocess, validate_image
@@ -31,12 +38,14 @@ class ModelInput:
     """One call's frames as the model step takes them.
 
     images: normalised float [B,3,h,w] on the model's device, or (``raw``) uint8 [B,H,W,3] frames that the step
-    preprocesses. colour: [B,h,w,3] uint8 at model size, None when ``raw`` (the step computes it).
+    preprocesses. colour: [B,h,w,3] uint8 at model size, None when ``raw`` (the step computes it). undistortion:
+    on the raw route, the frames the step undistorts first (None: none).
     """
     images: torch.Tensor
     raw: bool
     transforms: list[ResizeCrop]
     colour: torch.Tensor | None
+    undistortion: UndistortionRequest | None = None
 
     @property
     def batch_size(self) -> int:
@@ -53,14 +62,23 @@ def preprocess_on_device(config: EngineConfig, device: torch.device) -> bool:
 
 
 def prepare_inputs(images: Sequence[Any], config: EngineConfig, device: torch.device,
-                   raw_frames_accepted: Callable[[int, int, int], bool] | None) -> ModelInput:
-    """Validate ``images`` and build the model input. ``raw_frames_accepted(batch, H, W)``: whether the step runner
-    preprocesses raw uint8 frames of that size itself (see the module docstring); None: a runner that never does."""
+                   raw_frames_accepted: Callable[..., bool] | None,
+                   camera_models: Sequence[CameraModel | None] | None = None) -> ModelInput:
+    """Validate ``images`` and build the model input. ``raw_frames_accepted(batch, H, W, undistort)``: whether the
+    step runner preprocesses (and, with ``undistort``, first undistorts) raw uint8 frames of that size itself (see
+    the module docstring); None: a runner that never does. ``camera_models``: per image its camera or None."""
     n = len(images)
-    raw = None if raw_frames_accepted is None else _raw_batch(images, config, device, raw_frames_accepted)
+    models = [None] * n if camera_models is None else list(camera_models)
+    for j, (img, m) in enumerate(zip(images, models)):
+        if m is not None and not m.is_rectified:
+            if isinstance(img, torch.Tensor) and img.is_floating_point():
+                raise ValueError(f"{_label(j, n)}: a pre-normalised float image cannot be undistorted; give the "
+                                 "uint8 frame with its distorted camera model")
+            m.check_frame(tuple(img.shape), _label(j, n))
+    raw = None if raw_frames_accepted is None else _raw_batch(images, config, device, raw_frames_accepted, models)
     if raw is not None:
         return raw
-    prepared = [_prepare(img, _label(j, n), config, device) for j, img in enumerate(images)]
+    prepared = [_prepare(img, _label(j, n), config, device, models[j]) for j, img in enumerate(images)]
     sizes = {p.transform.model_size for p in prepared}
     if len(sizes) != 1:
         raise ValueError(f"step_batch: images give different model sizes {sorted(sizes)}; batch streams "
@@ -71,7 +89,7 @@ def prepare_inputs(images: Sequence[Any], config: EngineConfig, device: torch.de
 
 
 def _raw_batch(images: Sequence[Any], config: EngineConfig, device: torch.device,
-               raw_frames_accepted: Callable[[int, int, int], bool]) -> ModelInput | None:
+               raw_frames_accepted: Callable[..., bool], models: list[CameraModel | None]) -> ModelInput | None:
     """The raw route, or None when it does not apply (then the per-frame route runs)."""
     if not preprocess_on_device(config, device):
         return None
@@ -91,7 +109,8 @@ def _raw_batch(images: Sequence[Any], config: EngineConfig, device: torch.device
         transform = plan_resize_crop(h, w, config.size)
     except ValueError as exc:
         raise ValueError(f"{'image' if n == 1 else 'images'}: {exc}") from None
-    if not raw_frames_accepted(n, h, w):
+    undistortion = UndistortionRequest.for_batch(models)
+    if not raw_frames_accepted(n, h, w, undistortion is not None):
         return None
     if all(isinstance(im, np.ndarray) for im in images):
         frames = torch.empty((n, h, w, 3), dtype=torch.uint8, pin_memory=device.type == "cuda")
@@ -100,10 +119,11 @@ def _raw_batch(images: Sequence[Any], config: EngineConfig, device: torch.device
             frames_np[j] = im
     else:
         frames = torch.stack([torch.as_tensor(im).to(device) for im in images])
-    return ModelInput(images=frames, raw=True, transforms=[transform] * n, colour=None)
+    return ModelInput(images=frames, raw=True, transforms=[transform] * n, colour=None, undistortion=undistortion)
 
 
-def _prepare(image: Any, what: str, config: EngineConfig, device: torch.device) -> Preprocessed:
+def _prepare(image: Any, what: str, config: EngineConfig, device: torch.device,
+             camera_model: CameraModel | None = None) -> Preprocessed:
     if isinstance(image, torch.Tensor) and image.is_floating_point():
         return _prenormalised(image, what, device)
     if not isinstance(image, (np.ndarray, torch.Tensor)):
@@ -111,8 +131,15 @@ def _prepare(image: Any, what: str, config: EngineConfig, device: torch.device) 
     validate_image(image, what)
     if image.ndim != 3:
         raise ValueError(f"{what}: expected one HxWx3 image, got shape {tuple(image.shape)}")
-    if preprocess_on_device(config, device) and isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)
+    distorted = camera_model is not None and not camera_model.is_rectified
+    if isinstance(image, np.ndarray) and not preprocess_on_device(config, device):
+        if distorted:  # host preprocessing: OpenCV's own undistortion (cv2.remap)
+            image = camera_model.undistort(image)
+    else:
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)
+        if distorted:  # on the frame's device, the same sampler the CUDA graph captures
+            image = undistort_torch(image.unsqueeze(0), _grid_on(camera_model, image.device))[0]
     try:
         return preprocess(image, config.size, device=device, precision=config.preprocess_precision)
     except ValueError as exc:

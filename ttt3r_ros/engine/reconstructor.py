@@ -55,6 +55,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .camera_model import CameraModel
 from .config import UPDATE_RULE_NAMES, EngineConfig, validate_intrinsics  # noqa: F401  (re-exported)
 from .frame_result import FrameResult
 from .geometry import ResizeCrop
@@ -224,10 +225,15 @@ class BatchedReconstructor:
     # ----------------------------------------------------------------------------------------------- step
     def step_batch(self, images: Sequence[Any], timestamps: Sequence[float],
                    intrinsics: Sequence[Any] | None = None, streams: Sequence[int] | None = None,
-                   update_state: bool | Sequence[bool] = True) -> list[FrameResult]:
+                   update_state: bool | Sequence[bool] = True,
+                   camera_models: Sequence[CameraModel | None] | None = None) -> list[FrameResult]:
         """One frame for each stream in ``streams`` (default: all, in order). All images must give the same model
         size. ``intrinsics``: per image a 3x3 at input resolution or None. ``update_state=False`` localises
-        without changing the state (the frame still counts for the reset interval)."""
+        without changing the state (the frame still counts for the reset interval). ``camera_models``: per image
+        its calibrated camera (``camera_model.CameraModel``, e.g. from CameraInfo) or None, instead of
+        ``intrinsics``: a distorted frame is undistorted before the model (on the device, inside the step's CUDA
+        graph on the fast path) and its calibration is then the undistorted camera's ``new_camera_matrix``; a
+        rectified one (D all zero) passes unchanged with its K."""
         t_start = time.perf_counter()
         if self.model is None:
             raise RuntimeError("the engine has no model (replace_model(None) released it)")
@@ -240,6 +246,17 @@ class BatchedReconstructor:
         ks = [None] * n if intrinsics is None else list(intrinsics)
         if len(ks) != n:
             raise ValueError(f"step_batch: {len(ks)} intrinsics for {n} streams")
+        models = [None] * n if camera_models is None else list(camera_models)
+        if len(models) != n:
+            raise ValueError(f"step_batch: {len(models)} camera models for {n} streams")
+        for j, m in enumerate(models):
+            if m is None:
+                continue
+            if not isinstance(m, CameraModel):
+                raise TypeError(f"camera_models[{j}]: expected a CameraModel or None, got {type(m).__name__}")
+            if ks[j] is not None:
+                raise ValueError(f"step_batch: image {j} has both intrinsics and a camera model; give one")
+            ks[j] = m.new_camera_matrix
         ks = [None if k is None else validate_intrinsics(k) for k in ks]
         ts = [float(t) for t in timestamps]
         if not all(np.isfinite(ts)):
@@ -251,7 +268,7 @@ class BatchedReconstructor:
 
         # 1. validate and preprocess (a first frame of a shape captures its CUDA graph here)
         with torch.inference_mode():
-            inputs = prepare_inputs(images, self.config, self.device, self._runner.accepts_raw_frames)
+            inputs = prepare_inputs(images, self.config, self.device, self._runner.accepts_raw_frames, models)
         self._sync()
         t_pre = time.perf_counter()
 
@@ -260,7 +277,8 @@ class BatchedReconstructor:
         starts = [st.starts_chunk for st in streams_now]
         with torch.inference_mode():
             # 2. the model step
-            out = self._runner.step(inputs.images, inputs.raw, [st.state for st in streams_now], flagged, updates)
+            out = self._runner.step(inputs.images, inputs.raw, [st.state for st in streams_now], flagged, updates,
+                                    undistortion=inputs.undistortion)
             self._last_step_graphed = out.graphed
             colours = out.colour if inputs.colour is None else inputs.colour
             # 3. host copies of the graph's static outputs, issued before the re-run below replays over them
@@ -272,8 +290,11 @@ class BatchedReconstructor:
                 # the flagged frame is run again as the first view of the new chunk; its output is dropped
                 sub = [j for j in range(n) if flagged[j]]
                 sub_images = inputs.images[sub] if len(sub) < n else inputs.images
+                sub_undistortion = (None if inputs.undistortion is None
+                                    else inputs.undistortion.select(sub) if len(sub) < n else inputs.undistortion)
                 self._last_step_graphed = self._runner.advance(sub_images, inputs.raw,
-                                                               [streams_now[j].state for j in sub])
+                                                               [streams_now[j].state for j in sub],
+                                                               undistortion=sub_undistortion)
             self._sync()
             t_model = time.perf_counter()
             # the pose with the step's finite flags: the one per-step wait (dense copies may still be running)
@@ -333,6 +354,26 @@ class BatchedReconstructor:
             self.invalid_frames += 1
         return res
 
+    # Options that do not touch the model step or the streams' states: changing them keeps the step runner (and its
+    # captured CUDA graphs). The node warms its one engine up at configure and mounts the camera at the first frame.
+    LIVE_OPTIONS = frozenset({"camera_to_base", "confidence_threshold", "build_map", "map_pixel_stride"})
+
+    def set_options(self, **options: Any) -> None:
+        """Change ``LIVE_OPTIONS`` for the frames from now on (validated; step runners and graphs are kept). Poses
+        already in the trajectories keep the mount they were made with: change ``camera_to_base`` before a stream's
+        first frame (e.g. right after ``reset(restart_odometry=True)``)."""
+        other = set(options) - self.LIVE_OPTIONS
+        if other:
+            raise TypeError(f"set_options: {sorted(other)} cannot change on a live engine (only "
+                            f"{sorted(self.LIVE_OPTIONS)})")
+        self.config = replace(self.config, **options).validated()
+
+    def add_to_map(self, result: FrameResult, voxel_map: VoxelMap | None = None) -> None:
+        """Feed a valid ``result``'s confident points into ``voxel_map`` (default: its stream's map): for a caller
+        that steps with ``build_map=False`` and updates the map at its own rate, off the frame's critical path."""
+        if result.valid:
+            self._update_map(self._streams[result.stream].voxel_map if voxel_map is None else voxel_map, result)
+
     def _update_map(self, voxel_map: VoxelMap, res: FrameResult) -> None:
         k = self.config.map_pixel_stride
         conf = res.tensor("confidence")
@@ -360,11 +401,13 @@ class StreamingReconstructor:
     def model(self) -> Any:
         return self._batched.model
 
-    def step(self, image: Any, timestamp_s: float, intrinsics: Any = None, update_state: bool = True
-             ) -> FrameResult:
+    def step(self, image: Any, timestamp_s: float, intrinsics: Any = None, update_state: bool = True,
+             camera_model: CameraModel | None = None) -> FrameResult:
         """``image``: HxWx3 uint8 RGB (numpy or tensor on any device), or a float [3,H,W] tensor already
-        normalised to [-1,1] at model resolution. ``intrinsics``: optional 3x3 at the input resolution."""
-        return self._batched.step_batch([image], [timestamp_s], [intrinsics], update_state=update_state)[0]
+        normalised to [-1,1] at model resolution. ``intrinsics``: optional 3x3 at the input resolution.
+        ``camera_model``: instead of ``intrinsics``, the calibrated camera with its distortion (see ``step_batch``)."""
+        return self._batched.step_batch([image], [timestamp_s], [intrinsics], update_state=update_state,
+                                        camera_models=[camera_model])[0]
 
     def reset(self, restart_odometry: bool = False) -> None:
         self._batched.reset(0, restart_odometry)
@@ -372,6 +415,14 @@ class StreamingReconstructor:
     def replace_model(self, model: Any | None) -> None:
         """See ``BatchedReconstructor.replace_model``."""
         self._batched.replace_model(model)
+
+    def set_options(self, **options: Any) -> None:
+        """See ``BatchedReconstructor.set_options`` (e.g. the camera mount before the first frame)."""
+        self._batched.set_options(**options)
+
+    def add_to_map(self, result: FrameResult, voxel_map: VoxelMap | None = None) -> None:
+        """See ``BatchedReconstructor.add_to_map``."""
+        self._batched.add_to_map(result, voxel_map)
 
     @property
     def trajectory(self) -> Trajectory:
@@ -399,7 +450,8 @@ class StreamingReconstructor:
 
     @property
     def invalid_frames(self) -> int:
-        """Frames whose pose came out non-finite (reported with valid=False; the stream was reset)."""
+        """Frames whose pose, outputs or new state came out non-finite (reported with valid=False; the stream was
+        reset)."""
         return self._batched.invalid_frames
 
     @property

@@ -9,6 +9,8 @@
   are paid there; logged once) and kept in LRU order, at most ``MAX_GRAPH_RUNNERS``. A shape whose capture fails
   runs eagerly (one warning; ``status`` names it). Input kind 'uint8': raw frames go in and the graph also runs the
   engine's resize/crop/normalisation (``preprocess_torch``, the same kernels as the eager on-device path);
+  'uint8-undistort': the same, the frames first undistorted (``camera_model.StaticUndistortion``: the grids are a
+  static buffer of the runner, rewritten in place when a camera's coefficients change, never recaptured);
   'float': normalised images at model size. The graph also computes the depth plane and the gate statistics, so
   the per-frame host copies need no further kernels.
 
@@ -36,13 +38,15 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import torch
 
 from ..model.state import finite_streams
+from .camera_model import StaticUndistortion, UndistortionRequest
 from .config import EngineConfig
 from .preprocess import plan_resize_crop, preprocess_torch, resize_matrices
 
 _log = logging.getLogger("ttt3r_ros.engine")
 # CUDA-graph runners kept per engine (one per batch size x model size); each holds its own graph memory pool.
 MAX_GRAPH_RUNNERS = 4
-RunnerKey = tuple[int, int, int, str]  # (batch, H, W, input kind 'float' | 'uint8')
+RunnerKey = tuple[int, int, int, str]  # (batch, H, W, input kind 'float' | 'uint8' | 'uint8-undistort')
+UNDISTORT_KIND = "uint8-undistort"
 _TOKENS = itertools.count(1)
 
 
@@ -112,8 +116,9 @@ class StepOutputs:
 class StepRunner(Protocol):
     """One batched model step for the streams whose states are given (one view each)."""
 
-    # (batch, H, W) -> whether the runner preprocesses raw uint8 frames of that size itself; None: it never does
-    accepts_raw_frames: Optional[Callable[[int, int, int], bool]]
+    # (batch, H, W, undistort) -> whether the runner preprocesses (with ``undistort``: undistorts, then preprocesses)
+    # raw uint8 frames of that size itself; None: it never does
+    accepts_raw_frames: Optional[Callable[[int, int, int, bool], bool]]
 
     @property
     def status(self) -> str:
@@ -121,12 +126,14 @@ class StepRunner(Protocol):
         ...
 
     def step(self, images: torch.Tensor, raw: bool, states: Sequence[StreamState], reset: Sequence[bool],
-             update: Sequence[bool]) -> StepOutputs:
+             update: Sequence[bool], undistortion: UndistortionRequest | None = None) -> StepOutputs:
         """images: normalised [B,3,h,w], or raw uint8 [B,H,W,3] frames (``raw``). reset[j]: stream j's state goes
-        back to the initial one after this view; update[j] False: outputs only, state unchanged."""
+        back to the initial one after this view; update[j] False: outputs only, state unchanged. undistortion: raw
+        frames to undistort first (``inputs.ModelInput.undistortion``)."""
         ...
 
-    def advance(self, images: torch.Tensor, raw: bool, states: Sequence[StreamState]) -> bool:
+    def advance(self, images: torch.Tensor, raw: bool, states: Sequence[StreamState],
+                undistortion: UndistortionRequest | None = None) -> bool:
         """A step whose outputs are dropped (the states advance); returns whether it ran as a graph replay."""
         ...
 
@@ -153,19 +160,23 @@ class EagerStepRunner:
         return self._status
 
     def step(self, images: torch.Tensor, raw: bool, states: Sequence[StreamState], reset: Sequence[bool] | None,
-             update: Sequence[bool] | None) -> StepOutputs:
-        return self._run(images, raw, states, reset, update, keep_outputs=True)
+             update: Sequence[bool] | None, undistortion: UndistortionRequest | None = None) -> StepOutputs:
+        return self._run(images, raw, states, reset, update, keep_outputs=True, undistortion=undistortion)
 
-    def advance(self, images: torch.Tensor, raw: bool, states: Sequence[StreamState]) -> bool:
-        self._run(images, raw, states, None, None, keep_outputs=False)
+    def advance(self, images: torch.Tensor, raw: bool, states: Sequence[StreamState],
+                undistortion: UndistortionRequest | None = None) -> bool:
+        self._run(images, raw, states, None, None, keep_outputs=False, undistortion=undistortion)
         return False
 
     def _run(self, images: torch.Tensor, raw: bool, states: Sequence[StreamState], reset: Sequence[bool] | None,
-             update: Sequence[bool] | None, keep_outputs: bool) -> Any:
+             update: Sequence[bool] | None, keep_outputs: bool,
+             undistortion: UndistortionRequest | None = None) -> Any:
         colour = None
         if raw:  # only where a graph runner fell back to eager for this shape
-            prepared = preprocess_torch(images.to(self.device), self.config.size,
-                                        precision=self.config.preprocess_precision)
+            frames = images.to(self.device)
+            if undistortion is not None:
+                frames = undistortion.apply(frames)
+            prepared = preprocess_torch(frames, self.config.size, precision=self.config.preprocess_precision)
             images, colour = prepared.images, prepared.colour
         kw: dict[str, Any] = {}
         needs_reset, needs_update = _masks_needed(reset, update)
@@ -195,8 +206,9 @@ class _CapturedStep:
     """One GraphedStep and which streams' states its static state holds: slot j holds the state that had token
     ``held[j]`` (the owner is asked to take it back before the buffers are overwritten)."""
 
-    def __init__(self, graphed: Any) -> None:
+    def __init__(self, graphed: Any, undistortion: StaticUndistortion | None = None) -> None:
         self.graphed = graphed
+        self.undistortion = undistortion  # the static grids of an 'uint8-undistort' graph
         self._held: list[tuple[weakref.ref[StreamState], int]] = []
 
     def read_state(self, slot: int) -> Any:
@@ -211,7 +223,9 @@ class _CapturedStep:
         self._held = []
 
     def run(self, images: torch.Tensor, states: Sequence[StreamState], reset: Sequence[bool] | None,
-            update: Sequence[bool] | None) -> Any:
+            update: Sequence[bool] | None, undistortion: UndistortionRequest | None = None) -> Any:
+        if self.undistortion is not None:
+            self.undistortion.load(undistortion)  # in place, only where a camera changed
         if [token for _, token in self._held] != [s.token for s in states]:
             self.release()  # first: a given state may be one lent to this very graph
             self.graphed.load_state(_stack([s.value() for s in states]))
@@ -244,15 +258,15 @@ class GraphStepRunner:
                            for (b, h, w, kind), why in self.capture_failed.items())
         return f"{self._status}; eager for {shapes}"
 
-    def accepts_raw_frames(self, batch: int, h: int, w: int) -> bool:
-        return self._graph((batch, h, w, "uint8")) is not None
+    def accepts_raw_frames(self, batch: int, h: int, w: int, undistort: bool = False) -> bool:
+        return self._graph((batch, h, w, UNDISTORT_KIND if undistort else "uint8")) is not None
 
     def step(self, images: torch.Tensor, raw: bool, states: Sequence[StreamState], reset: Sequence[bool] | None,
-             update: Sequence[bool] | None) -> StepOutputs:
-        graph = self._graph(self._key(images, raw, len(states)))
+             update: Sequence[bool] | None, undistortion: UndistortionRequest | None = None) -> StepOutputs:
+        graph = self._graph(self._key(images, raw, len(states), undistortion))
         if graph is None:
-            return self._eager.step(images, raw, states, reset, update)
-        out = graph.run(images, states, reset, update)
+            return self._eager.step(images, raw, states, reset, update, undistortion)
+        out = graph.run(images, states, reset, update, undistortion)
         extras = graph.graphed.extras
         sources = {"depth": extras["depth"], "confidence": out.conf_self, "gate": extras["gate"]}
         colour = None
@@ -265,17 +279,20 @@ class GraphStepRunner:
                            c2w=out.c2w, gate=None, colour=colour, host_sources=sources, graphed=True,
                            finite=graph.graphed.finite)
 
-    def advance(self, images: torch.Tensor, raw: bool, states: Sequence[StreamState]) -> bool:
-        graph = self._graph(self._key(images, raw, len(states)))
+    def advance(self, images: torch.Tensor, raw: bool, states: Sequence[StreamState],
+                undistortion: UndistortionRequest | None = None) -> bool:
+        graph = self._graph(self._key(images, raw, len(states), undistortion))
         if graph is None:
-            return self._eager.advance(images, raw, states)
-        graph.run(images, states, None, None)
+            return self._eager.advance(images, raw, states, undistortion)
+        graph.run(images, states, None, None, undistortion)
         return True
 
     @staticmethod
-    def _key(images: torch.Tensor, raw: bool, batch: int) -> RunnerKey:
+    def _key(images: torch.Tensor, raw: bool, batch: int, undistortion: UndistortionRequest | None = None
+             ) -> RunnerKey:
         h, w = images.shape[1:3] if raw else images.shape[-2:]
-        return (batch, int(h), int(w), "uint8" if raw else "float")
+        kind = (UNDISTORT_KIND if undistortion is not None else "uint8") if raw else "float"
+        return (batch, int(h), int(w), kind)
 
     def _graph(self, key: RunnerKey) -> _CapturedStep | None:
         """The captured step for (batch, H, W, kind), captured on first use; None where capture failed."""
@@ -292,11 +309,12 @@ class GraphStepRunner:
             oldest.release()
         batch, h, w, kind = key
         t0 = time.perf_counter()
+        undistortion = StaticUndistortion(batch, h, w, self.device) if kind == UNDISTORT_KIND else None
         try:
-            if kind == "uint8":
+            if kind in ("uint8", UNDISTORT_KIND):
                 graphed = GraphedStep(self.model, batch, *plan_resize_crop(h, w, self.config.size).model_size,
                                       update_rule=self.config.update_rule, heads=("self",),
-                                      postprocess=_graph_extras, prepare=self._graph_prepare(h, w),
+                                      postprocess=_graph_extras, prepare=self._graph_prepare(h, w, undistortion),
                                       input_size=(h, w))
             else:
                 graphed = GraphedStep(self.model, batch, h, w, update_rule=self.config.update_rule,
@@ -309,18 +327,22 @@ class GraphStepRunner:
             return None
         _log.info("ttt3r engine: captured the CUDA graph for batch %d at %dx%d (%s input) in %.1f s (first frame "
                   "of this shape; includes compilation)", batch, w, h, kind, time.perf_counter() - t0)
-        graph = _CapturedStep(graphed)
+        graph = _CapturedStep(graphed, undistortion)
         self.graphs[key] = graph
         return graph
 
-    def _graph_prepare(self, h: int, w: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict]]:
+    def _graph_prepare(self, h: int, w: int, undistortion: StaticUndistortion | None = None
+                       ) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict]]:
         """The in-graph preprocessing of raw uint8 h x w frames: preprocess_torch (bit-identical to the eager
-        engine's on-device path). The closure holds the resize matrices the graph reads."""
+        engine's on-device path), after the undistortion through ``undistortion``'s static grids where given. The
+        closure holds the resize matrices the graph reads."""
         size, precision = self.config.size, self.config.preprocess_precision
         matrices = resize_matrices(h, w, size, self.device, precision)
 
         def prepare(frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             assert matrices is not None  # kept alive with the graph
+            if undistortion is not None:
+                frames = undistortion.prepare(frames)
             p = preprocess_torch(frames, size, precision=precision)
             return p.images, {"colour": p.colour}
         return prepare

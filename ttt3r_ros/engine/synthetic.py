@@ -33,6 +33,13 @@ class BoxRoom:
         v, u = np.mgrid[0:h, 0:w].astype(np.float64)
         kinv = np.linalg.inv(k)
         d_cam = np.stack([u, v, np.ones_like(u)], axis=-1) @ kinv.T  # z = 1 for a standard K
+        rgb, depth, pts_cam, _ = self.render_rays(d_cam, camera_to_world)
+        return rgb, depth, pts_cam
+
+    def render_rays(self, d_cam: np.ndarray, camera_to_world: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Any camera: per pixel its ray in the camera frame [..., 3] (z > 0; e.g. a distorted lens's rays) ->
+        (rgb uint8, depth, points in the camera frame, wall index 0..5 = 2 * axis + (ray along +axis))."""
         d_cam = d_cam / d_cam[..., 2:3]
         r, o = camera_to_world[:3, :3], camera_to_world[:3, 3]
         d_w = d_cam @ r.T
@@ -44,7 +51,8 @@ class BoxRoom:
         pts_cam = d_cam * depth[..., None]
         pts_w = o + d_w * depth[..., None]
         rgb = self._texture(pts_w, axis, d_w)
-        return rgb, depth, pts_cam
+        wall = axis * 2 + (np.take_along_axis(d_w, axis[..., None], axis=-1)[..., 0] > 0)
+        return rgb, depth, pts_cam, wall
 
     def _texture(self, p: np.ndarray, axis: np.ndarray, d_w: np.ndarray) -> np.ndarray:
         # per-wall base colour, a checkerboard (25 cm) and two smooth sinusoids so every view is distinct

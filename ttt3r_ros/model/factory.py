@@ -121,18 +121,17 @@ def build_model(cfg: ModelConfig | str | os.PathLike, weights: Optional[str | os
 def set_precision(model: TTT3RModel, dtype: torch.dtype, head_dtype: torch.dtype = torch.float32,
                   stream_dtype: Optional[torch.dtype] = None) -> TTT3RModel:
     """Cast the trunk to `dtype`, its stream parameters to `stream_dtype` (default `dtype`) and the downstream head
-    to `head_dtype` (see the module docstring). The model's `stream_dtype` is read back from these parameters."""
-    model.to(dtype)
+    to `head_dtype` (see the module docstring). Each parameter is cast once, straight to its own dtype (a float32
+    LayerNorm is never rounded through bf16 on the way). The model's `stream_dtype` is read back from them."""
     stream_dtype = stream_dtype or dtype
-    if stream_dtype != dtype:
-        head = set(model.downstream_head.modules())
-        for module in model.modules():
-            if isinstance(module, nn.LayerNorm) and module not in head:
-                module.to(stream_dtype)
-        model.register_tokens.to(stream_dtype)  # S0 is computed from them in the stream dtype
-        for param in (model.pose_token, model.masked_img_token, model.masked_ray_map_token,
-                      model.pose_retriever.mem, model.pose_retriever.masked_token):
-            param.data = param.data.to(stream_dtype)
-    model.downstream_head.to(head_dtype)
+    head = {id(p) for p in model.downstream_head.parameters()}
+    stream_modules = [m for m in model.modules() if isinstance(m, nn.LayerNorm)] + [model.register_tokens]
+    stream = {id(p) for m in stream_modules for p in m.parameters()} - head
+    stream |= {id(p) for p in (model.pose_token, model.masked_img_token, model.masked_ray_map_token,
+                               model.pose_retriever.mem, model.pose_retriever.masked_token)}
+    for param in model.parameters():  # shared (aliased) parameters come once
+        target = head_dtype if id(param) in head else stream_dtype if id(param) in stream else dtype
+        if param.is_floating_point() and param.dtype != target:
+            param.data = param.data.to(target)
     model.refresh_constants()
     return model

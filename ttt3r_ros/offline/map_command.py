@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic_io import remove_stale_temporaries
 from ..engine.reconstructor import UPDATE_RULE_NAMES  # the engine owns the list of update rules
 from ..session import settings
 from ..session.build import (PLUMBING_LABEL, WEIGHTS_ENV, SessionError, WeightsChoice, checkpoint_help,
@@ -22,14 +25,16 @@ from ..session.build import (PLUMBING_LABEL, WEIGHTS_ENV, SessionError, WeightsC
 from ..session.settings import DEFAULTS, OFFLINE_CAMERA_FRAME, SessionConfig
 from .errors import OfflineInputError
 from .make_bag_command import intrinsics_from_args
-from .mapping import MapRunOptions, MapRunSummary, OfflineMapper, software_versions
+from .mapping import DEPTH_FOLDER, MapRunOptions, MapRunSummary, OfflineMapper, software_versions
 from .readers import FrameSource, PrefetchingSource, open_frame_source
 from .result_bag import ResultBagWriter
+from .termination import exit_code_for, signal_name, signal_of, stop_signals_interrupt
+from .resume import SNAPSHOT_NAME, prepare_snapshots
 
 # option (MapOptions field, = argparse dest) -> the session setting it sets, where the names differ
 _SETTING_OF_OPTION = {"voxel_size": "voxel_size_m"}
 # session settings that are map options (the rest, e.g. warmup_frames or the odometry limits, are node-only here)
-_MAP_SETTINGS = ("weights", "model_config", "update_rule", "device", "precision", "image_size", "reset_interval",
+_MAP_SETTINGS = ("max_image_pixels", "weights", "model_config", "update_rule", "device", "precision", "image_size", "reset_interval",
                  "seed", "confidence_threshold", "voxel_size_m", "map_max_points", "odom_frame", "base_frame",
                  "camera_frame", "path_max_length")
 
@@ -52,6 +57,7 @@ class MapOptions:
     cx: float | None = None
     cy: float | None = None
     camera_yaml: str | None = None
+    max_image_pixels: int = DEFAULTS.max_image_pixels
     # model (session settings)
     weights: str | None = None          # None: $TTT3R_WEIGHTS; 'random' = random_weights
     random_weights: bool = False
@@ -79,6 +85,8 @@ class MapOptions:
     checkpoint_every: int = 100
     checkpoint_min_seconds: float = 30.0
     overwrite: bool = False
+    snapshot_every: int = 0            # offline/resume.py
+    resume: bool = False
     no_progress: bool = False
 
     def session_config(self) -> SessionConfig:
@@ -121,6 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                   "--fx --fy --cx --cy)") if name == "fx" else None)
     source.add_argument("--camera-yaml", default=None,
                         help="calibration YAML (ROS camera_calibration format) for folders/videos")
+    source.add_argument("--max-image-pixels", type=int, default=MapOptions.max_image_pixels,
+                        help=_setting_help("max_image_pixels", "; such frames are skipped and counted"))
     model = parser.add_argument_group("model (same meaning as the node's parameters)")
     model.add_argument("--weights", default=None,
                        help=f"checkpoint (.safetensors or official .pth); default ${WEIGHTS_ENV}; "
@@ -171,6 +181,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--checkpoint-min-seconds", type=float, default=MapOptions.checkpoint_min_seconds,
                         help="but not more often than this (default 30 s; big maps are costly to rewrite)")
     output.add_argument("--overwrite", action="store_true", help="replace an existing --result-bag")
+    output.add_argument("--snapshot-every", type=int, default=MapOptions.snapshot_every,
+                        help=f"keep a session snapshot ({SNAPSHOT_NAME}) in --out, rewritten every N processed "
+                             "frames and when the run stops (also on SIGINT/SIGTERM), for --resume (0 = off)")
+    output.add_argument("--resume", action="store_true",
+                        help="continue the run whose snapshot is in --out (same options; frames already read "
+                             "are skipped; trajectory, map and run.json continue; the result bag holds only "
+                             "the frames from the resume point on)")
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -194,22 +211,53 @@ def validate(options: MapOptions) -> None:
         raise OfflineInputError("--no-camera-info and --camera-info-topic exclude each other")
     if options.prefetch < 0:
         raise OfflineInputError("--prefetch must be >= 0")
+    if options.fps is not None and not (math.isfinite(options.fps) and options.fps > 0):
+        raise OfflineInputError(f"--fps must be a positive finite number of frames per second, got {options.fps}")
+    _check_out_folder(Path(options.out))
     if options.max_frames is not None and options.max_frames <= 0:
         raise OfflineInputError("--max-frames must be positive")
+    if options.snapshot_every < 0:
+        raise OfflineInputError("--snapshot-every must be >= 0")
     if options.result_bag and Path(options.result_bag).exists() and not options.overwrite:
         raise OfflineInputError(f"--result-bag {options.result_bag} exists; remove it or pass --overwrite")
+
+
+def _check_out_folder(out: Path) -> None:
+    """--out must be a folder or creatable as one: an existing file (or a file where a parent folder should be)
+    is refused here with a one-line message instead of failing at the first write."""
+    for candidate in (out, *out.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                what = "is a file" if candidate == out else f"cannot be created: {candidate} is a file"
+                raise OfflineInputError(f"--out {out} {what}, not a folder")
+            if not os.access(candidate, os.W_OK | os.X_OK):
+                raise OfflineInputError(f"--out {out}: {candidate} is not writable")
+            return
+
+
+def _remove_stale_temporaries(out: Path, run_start_s: float) -> int:
+    """Temporaries of the atomic writer that a killed run (kill -9) left in --out and its depth folder: removed
+    when older than this run and held by no live process (ttt3r_ros.atomic_io). Returns how many."""
+    removed = [path for folder in (out, out / DEPTH_FOLDER)
+               for path in remove_stale_temporaries(folder, older_than_s=run_start_s)]
+    if removed:
+        print(f"removed {len(removed)} stale temporary file(s) left in {out} by an earlier run that was killed",
+              file=sys.stderr)
+    return len(removed)
 
 
 def map_input(options: MapOptions, source: FrameSource | None = None) -> MapRunSummary:
     """The whole command, minus printing the final lines. `source` lets tests inject a frame source.
     Problems with the options or the input raise OfflineInputError or SessionError (one-line messages)."""
+    run_start_s = time.time()   # temporaries older than this in --out are a killed run's (see below)
     validate(options)
     weights: WeightsChoice = resolve_weights(options.weights, options.random_weights, environment=os.environ)
     if source is None:
         intrinsics, _, _ = intrinsics_from_args(options)
         source = open_frame_source(options.input, image_topic=options.image_topic,
                                    camera_info_topic=options.camera_info_topic, fps=options.fps,
-                                   intrinsics=intrinsics, auto_camera_info=not options.no_camera_info)
+                                   intrinsics=intrinsics, auto_camera_info=not options.no_camera_info,
+                                   max_image_pixels=options.max_image_pixels)
         described = source.describe()
         if described.get("camera_info_auto"):
             print(f"using CameraInfo from {described['camera_info_topic']} (next to {described['image_topic']}; "
@@ -223,6 +271,8 @@ def map_input(options: MapOptions, source: FrameSource | None = None) -> MapRunS
     with source:
         session = open_session(options.session_config(), weights=weights)
         engine = session.new_engine()
+        snapshots, resumed = prepare_snapshots(dataclasses.asdict(options), options.out, options.snapshot_every,
+                                               options.resume, session, engine)
         result_bag = None
         if options.result_bag:
             result_bag = ResultBagWriter(options.result_bag, storage=options.result_bag_storage,
@@ -249,21 +299,33 @@ def map_input(options: MapOptions, source: FrameSource | None = None) -> MapRunS
                                     save_depth=options.save_depth, progress=not options.no_progress,
                                     confidence_threshold=options.confidence_threshold,
                                     result_map_every=options.result_map_every, label=session.label,
-                                    run_info=run_info)
+                                    run_info=run_info, snapshots=snapshots, resume=resumed)
+        run_info["stale_temporaries_removed"] = _remove_stale_temporaries(Path(options.out), run_start_s)
         return OfflineMapper(engine, run_options, result_bag).run(source)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit status: 0 completed with frames processed; 1 failed (including: no frame processed, e.g. every image
+    unreadable or every pose non-finite); 2 bad options or input; 128 + signal when stopped by a signal, with
+    complete outputs (130 SIGINT/Ctrl-C, 143 SIGTERM, 129 SIGHUP: offline/termination.py)."""
     options = options_from_args(args)
     try:
-        summary = map_input(options)
+        with stop_signals_interrupt():   # SIGTERM / SIGHUP end the run as Ctrl-C does
+            summary = map_input(options)
     except (OfflineInputError, SessionError) as err:
         print(f"ttt3r-ros map: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:   # before the first frame (e.g. while the model loads): nothing written
+        signum = signal_of(interrupt)
+        print(f"ttt3r-ros map: stopped by {signal_name(signum)} before mapping started; no outputs written",
+              file=sys.stderr)
+        return exit_code_for(signum)
     report = summary.run_json
     skipped = report["frames_skipped"]
     print(f"{summary.status}: {summary.frames_processed} frames processed, {skipped} skipped"
           + (f" ({report['skipped']['by_reason']})" if skipped else "")
+          + (f", {summary.frames_invalid} invalid (non-finite pose; no outputs for them)"
+             if summary.frames_invalid else "")
           + f", {report['map_points']} map points, {report['timings']['frames_per_s'] or 0:.2f} frames/s")
     outputs = report["outputs"]
     print(f"trajectory: {outputs['trajectory']}\nmap:        {outputs['map']}\n"
@@ -280,7 +342,10 @@ def run(args: argparse.Namespace) -> int:
     if report.get("label"):
         print(report["label"], file=sys.stderr)
     if summary.status == "interrupted":
-        return 130
+        signum = summary.stop_signal if summary.stop_signal is not None else signal_of(KeyboardInterrupt())
+        print(f"ttt3r-ros map: interrupted by {signal_name(signum)}; outputs hold the {summary.frames_processed} "
+              "frames processed before it", file=sys.stderr)
+        return exit_code_for(signum)
     if summary.status == "failed":
         if summary.traceback:
             print(summary.traceback, file=sys.stderr)

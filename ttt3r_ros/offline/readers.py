@@ -18,8 +18,10 @@ import cv2
 import numpy as np
 
 from ..session.errors import FrameDecodeError
-from ..session.image_codec import (CAMERA_INFO_TYPE, IMAGE_TYPES, camera_info_intrinsics, image_message_to_rgb,
-                                   stamp_to_nanoseconds)
+from ..session.camera_calibration import camera_model_from_camera_info
+from ..session.image_codec import (CAMERA_INFO_TYPE, IMAGE_TYPES, calibration_for_image, check_pixel_limit,
+                                   decode_encoded_image, image_message_to_rgb, stamp_to_nanoseconds)
+from ..session.settings import DEFAULTS
 from .bag_io import looks_like_bag, open_bag, storage_identifier, summarise_topics
 from .errors import OfflineInputError
 
@@ -28,11 +30,18 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 MAX_SKIP_RECORDS = 1000  # run.json keeps the first records in full; the counts by reason are always complete
 
 
+# a calibrated CameraInfo: (K 3x3, (height, width) it was calibrated at, its camera model with D)
+Calibration = tuple[np.ndarray, tuple[int, int], Any]
+
+
 class Frame(NamedTuple):
     timestamp_s: float
     rgb: np.ndarray
     intrinsics: np.ndarray | None
     stamp_ns: int | None = None  # exact header stamp where the source has one (bags): result messages reuse it
+    # the bag's CameraInfo as ``engine.camera_model.CameraModel`` (with its distortion): give it to the engine
+    # (``step(camera_model=...)``) instead of ``intrinsics``, which is then its K
+    camera_model: Any = None
 
 
 @dataclass
@@ -120,9 +129,11 @@ class BagFrameSource(FrameSource):
     REORDER_WINDOW = 32
 
     def __init__(self, path: str | Path, image_topic: str | None = None,
-                 camera_info_topic: str | None = None, auto_camera_info: bool = True) -> None:
+                 camera_info_topic: str | None = None, auto_camera_info: bool = True,
+                 max_image_pixels: int = DEFAULTS.max_image_pixels) -> None:
         super().__init__()
         self.path = Path(path)
+        self.max_image_pixels = max_image_pixels
         self.reader = open_bag(self.path)
         self.camera_info_auto = False
         try:
@@ -202,13 +213,14 @@ class BagFrameSource(FrameSource):
                 "stamps_from_receive_time": self.stamps_from_receive_time}
 
     def _decode_camera_info(self, connection: Any, raw: bytes, receive_ns: int,
-                            calibrations: list[tuple[int, np.ndarray]]) -> None:
+                            calibrations: list[tuple[int, Calibration]]) -> None:
         try:
             msg = self.reader.deserialize(raw, connection.msgtype)
         except Exception as err:
             self.warnings.add(f"undecodable CameraInfo ({type(err).__name__}: {err})", topic=connection.topic)
             return
-        k, reason = camera_info_intrinsics(msg)
+        camera_model, reason = camera_model_from_camera_info(msg)
+        k = None if camera_model is None else camera_model.k
         if k is None:
             # counted by the part before " (": "uncalibrated CameraInfo" / "unusable CameraInfo"
             what = "uncalibrated CameraInfo" if reason.startswith("uncalibrated") else "unusable CameraInfo"
@@ -216,13 +228,13 @@ class BagFrameSource(FrameSource):
             return
         stamp_ns = stamp_to_nanoseconds(msg.header.stamp) or receive_ns
         position = bisect.bisect_left([s for s, _ in calibrations], stamp_ns)
-        calibrations.insert(position, (stamp_ns, k))
+        calibrations.insert(position, (stamp_ns, (k, (int(msg.height), int(msg.width)), camera_model)))
         # Only a handful are needed to match images: keep the list short (K rarely changes).
         if len(calibrations) > 256:
             del calibrations[0]
 
     @staticmethod
-    def _match_calibration(stamp_ns: int, calibrations: list[tuple[int, np.ndarray]]) -> np.ndarray | None:
+    def _match_calibration(stamp_ns: int, calibrations: list[tuple[int, Calibration]]) -> Calibration | None:
         """The most recent CameraInfo at or before the image stamp, else the earliest one after it."""
         if not calibrations:
             return None
@@ -231,7 +243,7 @@ class BagFrameSource(FrameSource):
 
     def __iter__(self) -> Iterator[Frame]:
         image_ids = {id(c) for c in self.image_connections}
-        calibrations: list[tuple[int, np.ndarray]] = []
+        calibrations: list[tuple[int, Calibration]] = []
         pending: list[tuple[int, int, bytes]] = []  # heap of (stamp_ns, bag order, raw)
         last_emitted_ns: int | None = None
         order = 0
@@ -247,7 +259,7 @@ class BagFrameSource(FrameSource):
                 return
             try:
                 msg = self.reader.deserialize(raw, self.image_msgtype)
-                rgb = image_message_to_rgb(msg, self.image_msgtype)
+                rgb = image_message_to_rgb(msg, self.image_msgtype, self.max_image_pixels)
             except FrameDecodeError as err:
                 self.skipped.add(str(err), index=index, timestamp_s=stamp_s, topic=self.image_topic)
                 return
@@ -256,11 +268,19 @@ class BagFrameSource(FrameSource):
                                  timestamp_s=stamp_s, topic=self.image_topic)
                 return
             last_emitted_ns = stamp_ns
-            intrinsics = self._match_calibration(stamp_ns, calibrations)
-            if intrinsics is None and self.info_connections:
+            calibration = self._match_calibration(stamp_ns, calibrations)
+            intrinsics = camera_model = None
+            if calibration is not None:
+                # the live node's rule (session/image_codec.py): a calibration of another image size is ignored
+                intrinsics, reason = calibration_for_image(calibration[0], calibration[1], rgb.shape[:2])
+                camera_model = None if intrinsics is None else calibration[2]
+                if reason:
+                    self.warnings.add(f"CameraInfo size differs from the image ({reason})", index=index,
+                                      timestamp_s=stamp_s, topic=self.camera_info_topic)
+            elif self.info_connections:
                 self.warnings.add("no calibrated CameraInfo yet; intrinsics estimated by the model", index=index,
                                   timestamp_s=stamp_s, topic=self.camera_info_topic)
-            yield Frame(stamp_s, rgb, intrinsics, stamp_ns)
+            yield Frame(stamp_s, rgb, intrinsics, stamp_ns, camera_model)
 
         connections = self.image_connections + self.info_connections
         for connection, receive_ns, raw in self.reader.messages(connections=connections):
@@ -329,10 +349,11 @@ class FolderFrameSource(FrameSource):
     kind = "image_folder"
 
     def __init__(self, path: str | Path, fps: float | None = None,
-                 intrinsics: np.ndarray | None = None) -> None:
+                 intrinsics: np.ndarray | None = None, max_image_pixels: int = DEFAULTS.max_image_pixels) -> None:
         super().__init__()
         self.path = Path(path)
         self.intrinsics = intrinsics
+        self.max_image_pixels = max_image_pixels
         if not self.path.is_dir():
             raise OfflineInputError(f"not a folder: {self.path}")
         self.files, self.timestamps_s, self.timestamp_source = self._index(fps)
@@ -360,7 +381,7 @@ class FolderFrameSource(FrameSource):
                 raise OfflineInputError(
                     f"{times_file} has {len(times)} timestamps but the folder has {len(files)} images")
             return files, times, str(times_file)
-        if fps is None or fps <= 0:
+        if fps is None or not np.isfinite(fps) or fps <= 0:
             raise OfflineInputError(
                 f"{self.path} has no times.txt or rgb.txt; pass --fps to time the {len(files)} images")
         return files, [i / fps for i in range(len(files))], f"fps={fps:g}"
@@ -376,17 +397,45 @@ class FolderFrameSource(FrameSource):
     def __iter__(self) -> Iterator[Frame]:
         last_s: float | None = None
         for index, (file, stamp_s) in enumerate(zip(self.files, self.timestamps_s)):
+            if not np.isfinite(stamp_s):
+                # refused on its own: it must not become the "last stamp" that every later frame is compared to
+                self.skipped.add(f"non-finite stamp ({file.name})", index=index, timestamp_s=stamp_s)
+                continue
             if last_s is not None and stamp_s <= last_s:
                 self.skipped.add("duplicate stamp" if stamp_s == last_s else "stamp not increasing",
                                  index=index, timestamp_s=stamp_s)
                 continue
-            bgr = cv2.imread(str(file), cv2.IMREAD_COLOR) if file.is_file() else None
-            if bgr is None or bgr.size == 0:
-                reason = "missing file" if not file.is_file() else "unreadable image"
-                self.skipped.add(f"{reason} ({file.name})", index=index, timestamp_s=stamp_s)
+            if not file.is_file():
+                self.skipped.add(f"missing file ({file.name})", index=index, timestamp_s=stamp_s)
+                continue
+            try:
+                rgb = self._read_image(file)
+            except FrameDecodeError as err:
+                self.skipped.add(f"{err} ({file.name})", index=index, timestamp_s=stamp_s)
                 continue
             last_s = stamp_s
-            yield Frame(stamp_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), self.intrinsics)
+            yield Frame(stamp_s, rgb, self.intrinsics)
+
+    def _read_image(self, file: Path) -> np.ndarray:
+        """RGB of one image file. PNG and JPEG go through the shared decoder (session/image_codec.py: size from
+        the header, pixel limit, then decode); other formats are sized from their header by Pillow (which reads
+        only the header) before OpenCV decodes them."""
+        data = np.fromfile(str(file), dtype=np.uint8)
+        head = bytes(data[:8])
+        if head.startswith(b"\x89PNG") or head[:2] == b"\xff\xd8":
+            return decode_encoded_image(data, self.max_image_pixels, what="image file")
+        try:
+            from PIL import Image as PilImage
+
+            with PilImage.open(str(file)) as header_only:
+                width, height = header_only.size
+        except Exception:   # Pillow raises assorted errors on broken or unknown files
+            raise FrameDecodeError("unreadable image") from None
+        check_pixel_limit(width, height, self.max_image_pixels, what="image file")
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if bgr is None or bgr.size == 0:
+            raise FrameDecodeError("unreadable image")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 # ------------------------------------------------------------------------------------------------------- video
@@ -395,13 +444,19 @@ class VideoFrameSource(FrameSource):
     kind = "video"
 
     def __init__(self, path: str | Path, fps: float | None = None,
-                 intrinsics: np.ndarray | None = None) -> None:
+                 intrinsics: np.ndarray | None = None, max_image_pixels: int = DEFAULTS.max_image_pixels) -> None:
         super().__init__()
         self.path = Path(path)
         self.intrinsics = intrinsics
         capture = cv2.VideoCapture(str(self.path))
         if not capture.isOpened():
             raise OfflineInputError(f"cannot open {self.path} as a video (OpenCV could not decode it)")
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        try:   # every frame of a video has the container's size: refuse the whole input up front
+            check_pixel_limit(width, height, max_image_pixels, what="video frame")
+        except FrameDecodeError as err:
+            capture.release()
+            raise OfflineInputError(f"{self.path}: {err}") from None
         file_fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         self.frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         capture.release()
@@ -438,7 +493,8 @@ class VideoFrameSource(FrameSource):
 # ---------------------------------------------------------------------------------------------------- dispatch
 def open_frame_source(path: str | Path, image_topic: str | None = None, camera_info_topic: str | None = None,
                       fps: float | None = None, intrinsics: np.ndarray | None = None,
-                      auto_camera_info: bool = True) -> FrameSource:
+                      auto_camera_info: bool = True,
+                      max_image_pixels: int = DEFAULTS.max_image_pixels) -> FrameSource:
     """The right source for INPUT: a rosbag2 (folder or .db3/.mcap file), an image folder or a video file.
 
     Bags: without `camera_info_topic`, the CameraInfo topic in the image topic's namespace is used when there is
@@ -448,11 +504,11 @@ def open_frame_source(path: str | Path, image_topic: str | None = None, camera_i
         raise OfflineInputError(f"no such file or folder: {input_path}")
     if looks_like_bag(input_path):
         return BagFrameSource(input_path, image_topic=image_topic, camera_info_topic=camera_info_topic,
-                              auto_camera_info=auto_camera_info)
+                              auto_camera_info=auto_camera_info, max_image_pixels=max_image_pixels)
     if input_path.is_dir():
-        return FolderFrameSource(input_path, fps=fps, intrinsics=intrinsics)
+        return FolderFrameSource(input_path, fps=fps, intrinsics=intrinsics, max_image_pixels=max_image_pixels)
     if input_path.suffix.lower() in VIDEO_SUFFIXES:
-        return VideoFrameSource(input_path, fps=fps, intrinsics=intrinsics)
+        return VideoFrameSource(input_path, fps=fps, intrinsics=intrinsics, max_image_pixels=max_image_pixels)
     raise OfflineInputError(
         f"{input_path} is not a rosbag2 (.db3/.mcap file or bag folder), an image folder or a video "
         f"({', '.join(VIDEO_SUFFIXES)})")

@@ -79,14 +79,14 @@ class ResultBagWriter:
             self._write_static(stamp_ns)
         t_odom_base = np.asarray(base_in_odom, dtype=np.float64)
         header = self.msgs.header(stamp_ns, self.odom_frame)
-        tf = self.msgs.transform_stamped(t_odom_base, stamp_ns, self.odom_frame, self.base_frame)
-        self.bag.write(self.conn_tf, stamp_ns, self.msgs.types[TF_TYPE](transforms=[tf]))
-
         types = self.msgs.types
-        # Covariance, tracking state and twist exactly as the live node computes them (with its default
-        # tracking/variance parameters), so the result bag's /odom matches what the node would publish.
+        # Pose (held while tracking is lost), covariance, tracking state and twist exactly as the live node
+        # computes them (with its default tracking/variance parameters), so the result bag's /odom and /tf match
+        # what the node would publish.
         estimate = self.odometry.update(timestamp_s, t_odom_base, confidences,
                                         OdometryLimits(confidence_threshold=confidence_threshold))
+        tf = self.msgs.transform_stamped(estimate.t_odom_base, stamp_ns, self.odom_frame, self.base_frame)
+        self.bag.write(self.conn_tf, stamp_ns, self.msgs.types[TF_TYPE](transforms=[tf]))
         odom = message_codec.odometry_from_estimate(self.msgs, header, self.base_frame, estimate)
         self.bag.write(self.conn_odom, stamp_ns, odom)
         self.poses.append(types["geometry_msgs/msg/PoseStamped"](header=header, pose=odom.pose.pose))

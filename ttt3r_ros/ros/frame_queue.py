@@ -6,9 +6,10 @@ Two policies:
   instead of growing with a backlog.
 - process-all (bag replay): a bounded FIFO in arrival order. When it is full the *callback* waits for the worker
   (back-pressure) up to `put_timeout_s`; the subscription's own QoS history then absorbs further messages. A bag
-  player publishing faster than the model runs will eventually lose frames in the DDS history (counted as
-  `overflow_dropped` here only when the put times out), so for lossless replay play the bag at a rate the model
-  sustains (``ros2 bag play --rate``) or step it with the player's ``play_next`` service.
+  player publishing faster than the model runs loses frames in the DDS history (the node counts them from the
+  publisher's sequence numbers: ``frames_lost_before_node``) and, when a put times out, here (``refused``); for
+  lossless replay play the bag at a rate the model sustains (``ros2 bag play --rate``) or step it with the player's
+  ``play_next`` service.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ T = TypeVar("T")
 @dataclass
 class QueueCounters:
     received: int = 0
-    dropped: int = 0          # replaced before the worker took them (keep-latest) or put timed out (process-all)
+    dropped: int = 0          # replaced before the worker took them (keep-latest), or cleared (pause)
+    refused: int = 0          # process-all: the queue stayed full for put_timeout_s (or was closed)
     taken: int = 0
 
 
@@ -44,7 +46,7 @@ class FrameQueue(Generic[T]):
         with self._cond:
             self.counters.received += 1
             if self._closed:
-                self.counters.dropped += 1
+                self.counters.refused += 1
                 return False
             if not self.process_all:
                 if self._items:
@@ -56,7 +58,7 @@ class FrameQueue(Generic[T]):
             ok = self._cond.wait_for(lambda: self._closed or len(self._items) < self.max_size,
                                      timeout=self.put_timeout_s)
             if not ok or self._closed:
-                self.counters.dropped += 1
+                self.counters.refused += 1
                 return False
             self._items.append(item)
             self._cond.notify_all()
@@ -95,4 +97,4 @@ class FrameQueue(Generic[T]):
     def snapshot(self) -> dict[str, Any]:
         with self._cond:
             return {"received": self.counters.received, "dropped": self.counters.dropped,
-                    "taken": self.counters.taken, "waiting": len(self._items)}
+                    "refused": self.counters.refused, "taken": self.counters.taken, "waiting": len(self._items)}

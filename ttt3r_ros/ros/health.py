@@ -19,6 +19,12 @@ class HealthSummary:
     frames_processed: int = 0
     frames_dropped: int = 0
     frames_rejected: int = 0
+    frames_invalid: int = 0             # the network gave a non-finite pose/output: counted, not published
+    frames_lost_before_node: int = 0    # gaps in the camera's sequence numbers (DDS history overflow or network)
+    frames_refused: int = 0             # process_all_frames: refused by the full queue
+    dds_message_lost: int = 0           # samples the DDS reader reported lost (message-lost event)
+    outputs_skipped: int = 0            # frames whose dense outputs (points/depth/confidence) a newer frame replaced
+    map_frames_skipped: int = 0         # frames a newer one replaced before the map update took them
     inference_latency_ms: float = 0.0
     end_to_end_latency_ms: float = 0.0
     queue_wait_ms: float = 0.0          # callback -> worker start of the last processed frame
@@ -30,6 +36,7 @@ class HealthSummary:
     paused: bool = False
     input_stale: str = ""               # non-empty while no image arrived for input_timeout_s (says what to check)
     device: str = ""
+    focal_disagreement: float = float("nan")   # |f_network / f_calibrated - 1| (session.focal_health); NaN: none
     message: str = "waiting for images"
 
     def level(self) -> bytes:
@@ -51,12 +58,17 @@ def diagnostics(summary: HealthSummary, header: Header, node_name: str) -> Diagn
     pairs = {
         "tracking_state": state, "frame_index": summary.frame_index, "frames_received": summary.frames_received,
         "frames_processed": summary.frames_processed, "frames_dropped": summary.frames_dropped,
-        "frames_rejected": summary.frames_rejected, "inference_latency_ms": f"{summary.inference_latency_ms:.1f}",
+        "frames_rejected": summary.frames_rejected, "frames_invalid": summary.frames_invalid,
+        "frames_lost_before_node": summary.frames_lost_before_node,
+        "frames_refused": summary.frames_refused, "dds_message_lost": summary.dds_message_lost,
+        "outputs_skipped": summary.outputs_skipped, "map_frames_skipped": summary.map_frames_skipped,
+        "inference_latency_ms": f"{summary.inference_latency_ms:.1f}",
         "end_to_end_latency_ms": f"{summary.end_to_end_latency_ms:.1f}",
         "queue_wait_ms": f"{summary.queue_wait_ms:.1f}",
         "confident_fraction": f"{summary.confident_fraction:.3f}", "confidence_mean": f"{summary.confidence_mean:.3f}",
         "gate_mean": f"{summary.gate_mean:.3f}", "resets": summary.resets, "map_points": summary.map_points,
         "paused": summary.paused, "device": summary.device,
+        "focal_disagreement": f"{summary.focal_disagreement:.3f}",
     }
     status.values = [KeyValue(key=k, value=str(v)) for k, v in pairs.items()]
     array = DiagnosticArray()

@@ -5,14 +5,25 @@ Lifecycle: configure loads the weights and warms up (a missing checkpoint fails 
 unconfigured and alive), activate subscribes and starts the inference worker, deactivate unsubscribes and stops
 it, cleanup frees the model (and CUDA memory). `autostart` runs configure + activate at start.
 
-Threads: ROS callbacks (executor threads) only enqueue the message (no decoding); one worker thread takes
-frames from the FrameQueue, runs the engine and publishes. Engine access is serialised by `_engine_lock`, so the
-services (reset, save_*) can run from executor threads at any time.
+Threads (issue 11: the node keeps up with the model):
+- executor threads: the image callback receives the serialized bytes (`raw=True`) and only enqueues them, so a frame
+  that keep-latest then drops costs no deserialisation; services, timers and camera_info run in other groups;
+- the worker ("ttt3r_worker"): parses and decodes the frame it takes (ros/cdr.py, numpy), steps the engine (without
+  the map), publishes the small per-frame outputs (odom, /tf, status) and hands the result on to
+- the output thread ("ttt3r_outputs"): points, depth, depth/camera_info and confidence built as serialized CDR with
+  numpy, and to the map thread ("ttt3r_map"): the frame's confident points into the voxel map. Both keep only the
+  newest frame (ros/latest_worker.py): a slow subscriber or map never delays odometry;
+- timers: `path` (path_publish_period_s, only while subscribed), `map_points`, diagnostics.
+Engine access is serialised by `_engine_lock` and the voxel map by `_map_lock`, so the services (reset, save_*)
+can run from executor threads at any time.
+
+Start: `main` spins the executor first and runs autostart's configure in a thread, so parameter and lifecycle
+services answer while the weights load and the warm-up compiles; the warm-up runs on the live engine at the camera's
+size (its CUDA graphs are the ones the frames replay); the compile cache is persistent (ros/startup.py).
 """
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import threading
 import time
@@ -27,6 +38,8 @@ from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
+from builtin_interfaces.msg import Time
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -34,10 +47,16 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from ttt3r_ros.ros import conversions as conv
-from ttt3r_ros.ros import health, parameters, qos
+from ttt3r_ros.ros import cdr, health, parameters, qos, save_paths, startup
+from ttt3r_ros.ros import name_guard as name_guard_module
 from ttt3r_ros.ros.frame_queue import FrameQueue
+from ttt3r_ros.ros.input_loss import InputLossCounter
+from ttt3r_ros.ros.latest_worker import LatestWorker
 from ttt3r_ros.ros.static_tf import ExtrinsicLookup
 from ttt3r_ros.session import odometry
+from ttt3r_ros.session.camera_calibration import camera_model_from_camera_info
+from ttt3r_ros.session.image_codec import calibration_for_image
+from ttt3r_ros.session.focal_health import FocalHealth
 from ttt3r_ros.session.odometry import OdometryEstimate, OdometryLimits, OdometryTracker
 
 NODE_NAME = "ttt3r_node"
@@ -46,8 +65,22 @@ _THROTTLE_S = 2.0
 
 @dataclass
 class _Frame:
-    msg: Any                    # Image or CompressedImage, decoded in the worker (callbacks stay cheap)
+    msg: Any                    # serialized Image/CompressedImage bytes (or a message), parsed in the worker
     received_wall_s: float      # time.monotonic() at the callback
+
+
+@dataclass
+class _DenseOutputs:
+    """What the output thread needs to publish one frame's points, depth and confidence."""
+    result: Any                 # FrameResult
+    header: Header
+    confidence_threshold: float
+
+
+@dataclass
+class _MapUpdate:
+    result: Any                 # FrameResult (valid)
+    voxel_map: Any              # the map of the stream the frame belongs to (a reset's new map is another object)
 
 
 def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,13 +106,16 @@ class Ttt3rNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         parameters.declare_parameters(self)
-        self.add_on_set_parameters_callback(parameters.on_set_parameters_callback(lambda: self._configured))
+        self.add_on_set_parameters_callback(parameters.on_set_parameters_callback(
+            lambda: self._configured, current_values=lambda: parameters.values(self)))
         self._input_group = MutuallyExclusiveCallbackGroup()   # image callbacks may block (process_all_frames)
         self._service_group = ReentrantCallbackGroup()
         self._timer_clock = Clock(clock_type=ClockType.STEADY_TIME)  # timers tick without /clock under sim time
         self._engine_lock = threading.Lock()
         self._state_lock = threading.Lock()
+        self._map_lock = threading.Lock()   # the voxel map: fed by the map thread, read by map_points and save_map
         self._last_logged: dict[str, float] = {}
+        self.configure_started = threading.Event()
         self._reset_entities()
 
     # ------------------------------------------------------------------------------------------ state
@@ -96,10 +132,13 @@ class Ttt3rNode(LifecycleNode):
         self._extrinsic: ExtrinsicLookup | None = None
         self._queue: FrameQueue[_Frame] | None = None
         self._worker: threading.Thread | None = None
+        self._outputs: LatestWorker[_DenseOutputs] | None = None
+        self._mapper: LatestWorker[_MapUpdate] | None = None
+        self._input_loss = InputLossCounter()
         self._running = False
         self._paused = False
-        self._camera_k: np.ndarray | None = None
-        self._camera_k_size: tuple[int, int] | None = None
+        self._camera_model: Any = None   # engine.camera_model.CameraModel of the last usable camera_info
+        self._focal_health = FocalHealth()
         self._t_base_cam: np.ndarray | None = None
         self._t_base_cam_frame = ""
         self._engine_camera_frame = ""
@@ -108,6 +147,8 @@ class Ttt3rNode(LifecycleNode):
         self._last_image_wall_s: float | None = None
         self._odometry = OdometryTracker()   # twist, covariance, tracking state and the trajectory (_state_lock)
         self._path: deque[PoseStamped] = deque()
+        self._path_dirty = False
+        self._invalid = 0   # frames whose network output was not finite (FrameResult.valid False): not published
         self._summary = health.HealthSummary()
         self._last_header = Header()
         self._map_dirty = False
@@ -133,6 +174,7 @@ class Ttt3rNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.configure_started.set()   # the lifecycle state is "configuring" now (main waits for it with autostart)
         errors = parameters.validate_node_parameters(self)
         if errors:
             for e in errors:
@@ -140,6 +182,7 @@ class Ttt3rNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._p = parameters.values(self)
         try:
+            self.get_logger().info(startup.apply_compile_cache(str(self._p["compile_cache_dir"])))
             self._load_engine()
         except Exception as exc:  # any load problem must leave the node unconfigured, not dead
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
@@ -157,18 +200,29 @@ class Ttt3rNode(LifecycleNode):
         p = self._p
         self._queue = FrameQueue(process_all=bool(p["process_all_frames"]), max_size=int(p["queue_size"]))
         in_qos = qos.input_qos(p["input_qos"], int(p["input_qos_depth"]))
+        self._input_loss = InputLossCounter()
+        # raw=True: the callback gets the serialized bytes; only the frames the worker takes are parsed
+        lost = SubscriptionEventCallbacks(message_lost=self._input_loss.on_message_lost)
         if p["image_transport"] == "compressed":
             self._subs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image,
-                                                       in_qos, callback_group=self._input_group))
+                                                       in_qos, callback_group=self._input_group, raw=True,
+                                                       event_callbacks=lost))
         else:
             self._subs.append(self.create_subscription(Image, "image", self._on_image, in_qos,
-                                                       callback_group=self._input_group))
+                                                       callback_group=self._input_group, raw=True,
+                                                       event_callbacks=lost))
         if p["use_camera_info"]:
             self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, in_qos,
                                                        callback_group=self._service_group))
         self._running = True
         self._active_since_s = time.monotonic()
         self._last_image_wall_s = None
+        self._outputs = LatestWorker("ttt3r_outputs", self._publish_dense,
+                                     lambda exc: self._log_throttled("error", f"publishing outputs failed: "
+                                                                     f"{type(exc).__name__}: {exc}"))
+        self._mapper = LatestWorker("ttt3r_map", self._update_map,
+                                    lambda exc: self._log_throttled("error", f"map update failed: "
+                                                                    f"{type(exc).__name__}: {exc}"))
         self._worker = threading.Thread(target=self._worker_loop, name="ttt3r_worker", daemon=True)
         self._worker.start()
         topic = self._subs[0].topic_name
@@ -214,18 +268,57 @@ class Ttt3rNode(LifecycleNode):
             self.get_logger().warning("weights:=random: deterministic random initialisation, outputs are meaningless")
         self._session = session
         self._device = str(session.device)
-        # A throwaway engine validates the engine options now (not at the first frame) and warms up; the real
-        # one is made at the first frame, once the camera mount (T_base_camera) is known, so it starts with a
-        # clean state and an empty map.
-        elapsed_ms, execution_path = session.warm_up(int(p["warmup_frames"]))
-        if int(p["warmup_frames"]) > 0:
-            self.get_logger().info(f"warm-up: {p['warmup_frames']} frame(s) in {elapsed_ms:.0f} ms")
+        # The live engine is made once, here (this validates the engine options now): the warm-up runs on it at the
+        # camera's frame size, so the CUDA graphs it captures are the ones the frames replay; it then restarts its
+        # stream (clean state, empty map) and takes the camera mount (T_base_camera) at the first frame.
+        engine = self._new_engine(None)
+        frames = int(p["warmup_frames"])
+        frame_hw = self._warmup_frame_size() if frames > 0 else None
+        elapsed_ms, execution_path = session.warm_up(frames, engine=engine, frame_hw=frame_hw)
+        with self._engine_lock:
+            self._engine, self._engine_camera_frame = engine, ""
+        if frames > 0:
+            size = f"{frame_hw[1]}x{frame_hw[0]}" if frame_hw else f"4:3 at image_size {p['image_size']}"
+            self.get_logger().info(f"warm-up: {frames} frame(s) of {size} in {elapsed_ms:.0f} ms")
         self.get_logger().info(f"execution path: {execution_path}")
+
+    def _warmup_frame_size(self) -> tuple[int, int] | None:
+        """(height, width) of the camera's frames for the warm-up: the parameters, else the first camera_info within
+        warmup_camera_info_wait_s (configure runs off the executor thread, so the subscription is served), else None
+        (4:3 at image_size; the first frame of another size then captures its own graph)."""
+        p = self._p
+        if int(p["warmup_image_width"]) > 0 and int(p["warmup_image_height"]) > 0:
+            return int(p["warmup_image_height"]), int(p["warmup_image_width"])
+        wait_s = float(p["warmup_camera_info_wait_s"])
+        if not p["use_camera_info"] or wait_s <= 0:
+            return None
+        got: list[tuple[int, int]] = []
+        arrived = threading.Event()
+
+        def on_info(msg: CameraInfo) -> None:
+            if msg.width > 0 and msg.height > 0 and not got:
+                got.append((int(msg.height), int(msg.width)))
+                arrived.set()
+
+        sub = self.create_subscription(CameraInfo, "camera_info", on_info,
+                                       qos.input_qos(p["input_qos"], int(p["input_qos_depth"])),
+                                       callback_group=self._service_group)
+        try:
+            arrived.wait(wait_s)
+        finally:
+            self.destroy_subscription(sub)
+        if not got:
+            self.get_logger().info(f"warm-up: no camera_info within {wait_s:.1f} s; warming up at 4:3 of image_size "
+                                   "(set warmup_image_width/height to the camera's size to capture its graph now)")
+            return None
+        return got[0]
 
     def _new_engine(self, t_base_cam: np.ndarray | None) -> Any:
         # confidence_threshold is live: the engine's map keeps the value it has when the engine is made
+        # build_map=False: the map thread feeds the voxel map at its own rate, off the frame's critical path
         return self._session.new_engine(
-            t_base_cam, confidence_threshold=float(self.get_parameter("confidence_threshold").value))
+            t_base_cam, confidence_threshold=float(self.get_parameter("confidence_threshold").value),
+            build_map=False)
 
     def _free_model(self) -> None:
         with self._engine_lock:
@@ -268,6 +361,8 @@ class Ttt3rNode(LifecycleNode):
             self.create_timer(1.0, self._publish_diagnostics, callback_group=g, clock=self._timer_clock),
             self.create_timer(float(self._p["map_publish_period_s"]), self._publish_map, callback_group=g,
                               clock=self._timer_clock),
+            self.create_timer(float(self._p["path_publish_period_s"]), self._publish_path, callback_group=g,
+                              clock=self._timer_clock),
         ]
         self._extrinsic = ExtrinsicLookup(self)
         self._summary = health.HealthSummary(device=self._device)
@@ -293,26 +388,39 @@ class Ttt3rNode(LifecycleNode):
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout=30.0)
         self._worker = None
+        for helper in (self._outputs, self._mapper):
+            if helper is not None:
+                helper.stop()
+        self._outputs = self._mapper = None
 
     # ------------------------------------------------------------------------------------ callbacks
     @_guarded
-    def _on_image(self, msg: Any) -> None:
+    def _on_image(self, msg: Any, info: Any) -> None:
+        # msg: the serialized bytes (raw subscription); nothing is parsed here, so a frame dropped later costs nothing.
+        # info: rclpy's MessageInfo (two required arguments make rclpy pass it), for the publisher's sequence
         self._last_image_wall_s = time.monotonic()
+        skipped = self._input_loss.note(info)
+        if skipped and self._p.get("process_all_frames"):
+            self._log_throttled("warn", f"process_all_frames: {self._input_loss.sequence_gaps} image(s) lost before "
+                                "reaching the node (the input subscription's history overflowed while the node was "
+                                "busy, or the network lost them): play slower or raise input_qos_depth",
+                                period_s=_THROTTLE_S * 5, key="input lost")
         if self._paused or self._queue is None:
             return
-        self._queue.put(_Frame(msg=msg, received_wall_s=time.monotonic()))
+        if not self._queue.put(_Frame(msg=msg, received_wall_s=time.monotonic())) and self._queue.process_all:
+            self._log_throttled("warn", f"process_all_frames: the full queue refused an image after waiting "
+                                f"{self._queue.put_timeout_s:.0f} s ({self._queue.snapshot()['refused']} so far)",
+                                period_s=_THROTTLE_S * 5, key="queue refused")
 
     @_guarded
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        # also refuses a K the engine would refuse, so a bad calibration never reaches (and fails) every frame
-        k, reason = conv.intrinsics_from_camera_info(msg)
-        if k is None:
+        # also refuses a K the engine would refuse, or a distortion it cannot undo, so a bad calibration never
+        # reaches (and fails) every frame; a distorted camera's frames are undistorted by the engine
+        camera_model, reason = camera_model_from_camera_info(msg)
+        if camera_model is None:
             self._log_throttled("warn", f"ignoring camera_info: {reason}; using model-estimated intrinsics")
-            with self._state_lock:
-                self._camera_k, self._camera_k_size = None, None
-            return
         with self._state_lock:
-            self._camera_k, self._camera_k_size = k, (int(msg.height), int(msg.width))
+            self._camera_model = camera_model
 
     # ------------------------------------------------------------------------------------ worker
     def _worker_loop(self) -> None:
@@ -332,10 +440,26 @@ class Ttt3rNode(LifecycleNode):
         """Current values of the parameters that may change while active (read per frame)."""
         return {spec.name: self.get_parameter(spec.name).value for spec in parameters.PARAMETERS if spec.live}
 
+    def _parse(self, raw: Any) -> Any:
+        """Serialized input bytes -> a message-like object (header, fields; the pixel data is not copied)."""
+        if not isinstance(raw, bytes):
+            return raw   # a message object (e.g. a test feeding _process directly)
+        compressed = self._p["image_transport"] == "compressed"
+        if cdr.is_plain_little_endian(raw):
+            try:
+                return cdr.parse_compressed_image(raw) if compressed else cdr.parse_image(raw)
+            except cdr.CdrError as exc:
+                raise conv.ImageConversionError(f"malformed {'CompressedImage' if compressed else 'Image'}: {exc}")
+        from rclpy.serialization import deserialize_message   # another encapsulation: rclpy's own decoder
+
+        return deserialize_message(raw, CompressedImage if compressed else Image)
+
     def _decode(self, msg: Any) -> np.ndarray:
-        if isinstance(msg, CompressedImage):
-            return conv.compressed_image_to_rgb(msg)
-        return conv.image_to_rgb(msg)
+        # live limit: images above it are refused from their size fields / PNG-JPEG header, before decoding
+        max_pixels = int(self.get_parameter("max_image_pixels").value)
+        if isinstance(msg, (CompressedImage, cdr.RawCompressedImage)):
+            return conv.compressed_image_to_rgb(msg, max_pixels)
+        return conv.image_to_rgb(msg, max_pixels)
 
     def _camera_extrinsic(self, camera_frame: str) -> np.ndarray | None:
         """T_base_camera (camera optical -> base), cached once found (rigid mount)."""
@@ -368,9 +492,9 @@ class Ttt3rNode(LifecycleNode):
 
     def _process(self, frame: _Frame) -> None:
         t_worker_start = time.monotonic()
-        msg = frame.msg
         p = self._p
         try:
+            msg = self._parse(frame.msg)
             rgb = self._decode(msg)
         except conv.ImageConversionError as exc:
             self._rejected += 1
@@ -389,34 +513,52 @@ class Ttt3rNode(LifecycleNode):
             self._summary.message = f"waiting for TF {p['base_frame']} -> {camera_frame}"
             return
 
-        intrinsics = None
+        camera_model = None
         with self._state_lock:
-            if self._camera_k is not None:
-                if self._camera_k_size == rgb.shape[:2]:
-                    intrinsics = self._camera_k
+            if self._camera_model is not None:
+                # the live and offline rule (session/image_codec.py): a calibration of another size is ignored
+                _, size_reason = calibration_for_image(self._camera_model.k, self._camera_model.size_hw,
+                                                       rgb.shape[:2])
+                if size_reason:
+                    self._log_throttled("warn", size_reason)
                 else:
-                    self._log_throttled(
-                        "warn", f"camera_info size {self._camera_k_size} differs from the image {rgb.shape[:2]}; "
-                        "ignoring it")
+                    camera_model = self._camera_model
 
-        stamp = msg.header.stamp
+        stamp = Time(sec=int(msg.header.stamp.sec), nanosec=int(msg.header.stamp.nanosec))
         stamp_s = conv.stamp_to_seconds(stamp)
         with self._engine_lock:
             if self._session is None:
                 return
-            if self._engine is None:
-                self._engine = self._new_engine(t_base_cam)
+            if self._engine is None:   # a loader that made no engine (a test's): make it now, unwarmed
+                self._engine = self._new_engine(None)
+            if not self._engine_camera_frame:
+                # the first frame: the warmed-up engine takes the camera mount (its graphs are kept)
+                self._engine.set_options(camera_to_base=t_base_cam, confidence_threshold=float(
+                    self.get_parameter("confidence_threshold").value))
                 self._engine_camera_frame = camera_frame
             elif camera_frame != self._engine_camera_frame:
                 # the engine's odometry and map are tied to the first camera's mount: never mix two cameras
                 self._rejected += 1
                 self._summary.message = (f"image frame_id {camera_frame!r} differs from the stream's camera "
-                                         f"{self._engine_camera_frame!r}; frame ignored (one camera per node)")
+                                         f"{self._engine_camera_frame!r} (the first frame_id seen); frame ignored "
+                                         "(one camera per node; ~/reset lets the next frame's camera take over)")
                 self._log_throttled("error", self._summary.message)
                 return
-            result = self._engine.step(rgb, stamp_s, intrinsics=intrinsics)
-            self._map_dirty = True
-            map_size = len(self._engine.voxel_map)
+            # Session.step: an invalid (non-finite) result goes through the precision guard
+            result = self._session.step(self._engine, rgb, stamp_s, camera_model=camera_model,
+                                        log=self.get_logger().warning)
+            voxel_map = self._engine.voxel_map
+        if not result.valid:
+            # a non-finite pose, output or state: nothing of this frame is published (the engine reset the stream,
+            # odometry continues from the last good pose)
+            self._invalid += 1
+            self._summary.frames_invalid = self._invalid   # /diagnostics frames_invalid
+            self._summary.message = (f"frame {stamp_s:.3f} gave non-finite values: not published "
+                                     f"({self._invalid} so far)")
+            self._log_throttled("warn", self._summary.message, key="invalid frame")
+            return
+        with self._map_lock:
+            map_size = len(voxel_map)
         t_odom_base = np.asarray(result.base_in_odom, dtype=np.float64)   # engine owns the frame conventions
         self._processed += 1
         self._frame_index += 1
@@ -436,7 +578,14 @@ class Ttt3rNode(LifecycleNode):
         odom_header = Header(stamp=stamp, frame_id=p["odom_frame"])
         cam_header = Header(stamp=stamp, frame_id=camera_frame)
         self._publish_pose(estimate, odom_header)
-        self._publish_images(result, cam_header, thr)
+        # the focal health figure, before the dense outputs go: where depth/camera_info is subscribed the network's
+        # focal is needed for it anyway (computed here once, reused there), else every FOCAL_CHECK_PERIOD_FRAMES
+        depth_wanted = any(self._pubs[name].get_subscription_count() > 0 for name in ("depth", "depth_info"))
+        focal_disagreement = self._focal_health.update(result, network_focal_needed=depth_wanted)
+        if self._outputs is not None:
+            self._outputs.put(_DenseOutputs(result, cam_header, thr))
+        if self._mapper is not None:
+            self._mapper.put(_MapUpdate(result, voxel_map))
 
         # Status + diagnostics summary
         timings = result.timings_ms
@@ -446,6 +595,8 @@ class Ttt3rNode(LifecycleNode):
         s.frame_index = self._frame_index
         s.frames_received = int(queue_counts.get("received", 0))
         s.frames_dropped = int(queue_counts.get("dropped", 0))
+        s.frames_refused = int(queue_counts.get("refused", 0))
+        s.frames_lost_before_node = self._input_loss.sequence_gaps
         s.frames_processed = self._processed
         s.frames_rejected = self._rejected
         s.inference_latency_ms = float(timings.get("model", timings.get("total", 0.0)))
@@ -459,6 +610,9 @@ class Ttt3rNode(LifecycleNode):
         s.map_points = int(map_size)
         s.paused = self._paused
         s.message = f"{odometry.TRACKING_NAMES[state]}; confident {confident_fraction:.2f}"
+        if self._invalid:   # status has no field for it: say it in every message (diagnostics: frames_invalid)
+            s.message += f"; {self._invalid} invalid frame(s) (non-finite output) not published"
+        s.focal_disagreement = focal_disagreement
         if result.was_reset and self._frame_index > 1:   # service reset, reset_interval (not the first frame)
             s.resets += 1
         self._last_header = cam_header
@@ -472,6 +626,8 @@ class Ttt3rNode(LifecycleNode):
         st.frames_processed = s.frames_processed
         st.frames_dropped = s.frames_dropped
         st.frames_rejected = s.frames_rejected
+        st.frames_lost_before_node = s.frames_lost_before_node
+        st.frames_refused = s.frames_refused
         st.gate_mean = s.gate_mean
         st.gate_min = float(result.gate_min)
         st.gate_max = float(result.gate_max)
@@ -480,6 +636,7 @@ class Ttt3rNode(LifecycleNode):
         st.resets = s.resets
         st.map_points = s.map_points
         st.message = s.message
+        st.focal_disagreement = s.focal_disagreement
         self._pubs["status"].publish(st)
         if state == odometry.TRACKING_LOST:
             self._log_throttled("warn", f"tracking lost: only {confident_fraction:.1%} of pixels are confident "
@@ -502,16 +659,32 @@ class Ttt3rNode(LifecycleNode):
                 tf = conv.transform_stamped(t_odom_base, header, base)
             self._pubs["tf"].publish(self._tf_type(transforms=[tf]))
         pose = PoseStamped(header=header, pose=conv.pose_from_matrix(t_odom_base))
-        with self._state_lock:
+        with self._state_lock:   # published by the path timer (the whole path per frame cost more than the model)
             self._path.append(pose)
             while len(self._path) > int(p["path_max_length"]):
                 self._path.popleft()
-            path = Path(header=header, poses=list(self._path))
-        self._pubs["path"].publish(path)
+            self._path_dirty = True
 
-    def _publish_images(self, result: Any, header: Header, thr: float) -> None:
-        """Heavy outputs: only converted and sent when someone listens."""
+    @_guarded
+    def _publish_path(self) -> None:
+        pub = self._pubs.get("path")
+        if pub is None or not self._path_dirty or pub.get_subscription_count() == 0:
+            return
+        with self._state_lock:
+            if not self._path:
+                return
+            path = Path(header=Header(stamp=self._path[-1].header.stamp, frame_id=self._p["odom_frame"]),
+                        poses=list(self._path))
+            self._path_dirty = False
+        pub.publish(path)
+
+    def _publish_dense(self, job: _DenseOutputs) -> None:
+        """Output thread: points, depth (+ camera_info) and confidence, built as serialized CDR, only when someone
+        listens."""
         pubs = self._pubs
+        if not pubs:
+            return
+        result, header, thr = job.result, job.header, job.confidence_threshold
         want_points = pubs["points"].get_subscription_count() > 0
         want_depth = pubs["depth"].get_subscription_count() > 0 or pubs["depth_info"].get_subscription_count() > 0
         want_conf = pubs["confidence"].get_subscription_count() > 0
@@ -519,17 +692,28 @@ class Ttt3rNode(LifecycleNode):
             return
         confidence = np.asarray(result.confidence, dtype=np.float32)
         if want_points:
-            pubs["points"].publish(conv.point_cloud(np.asarray(result.points_camera), np.asarray(result.colour),
-                                                    confidence, header, confidence_threshold=thr))
+            pubs["points"].publish(cdr.point_cloud(np.asarray(result.points_camera), np.asarray(result.colour),
+                                                   confidence, header, confidence_threshold=thr))
         if want_depth:
-            depth = np.asarray(result.depth, dtype=np.float32).copy()
-            depth[~(confidence >= thr)] = np.nan   # REP 118: NaN = no valid measurement
-            pubs["depth"].publish(conv.float_image(depth, header))
+            depth = np.where(confidence >= thr, np.asarray(result.depth, dtype=np.float32),
+                             np.float32(np.nan))   # REP 118: NaN = no valid measurement
+            pubs["depth"].publish(cdr.float_image(depth, header))
             h, w = depth.shape
-            pubs["depth_info"].publish(conv.camera_info_from_intrinsics(np.asarray(result.intrinsics_model), h, w,
+            # the network's own camera (its focal estimate), not the calibration: back-projecting this depth with
+            # it gives the points it came from (`points`); D = 0, the input was undistorted before the model
+            pubs["depth_info"].publish(conv.camera_info_from_intrinsics(np.asarray(result.intrinsics_network), h, w,
                                                                         header))
         if want_conf:
-            pubs["confidence"].publish(conv.float_image(confidence, header))
+            pubs["confidence"].publish(cdr.float_image(confidence, header))
+
+    def _update_map(self, job: _MapUpdate) -> None:
+        """Map thread: the frame's confident points into its stream's voxel map (the engine owns the rule)."""
+        engine = self._engine
+        if engine is None:
+            return
+        with self._map_lock:
+            engine.add_to_map(job.result, job.voxel_map)
+        self._map_dirty = True
 
     # ------------------------------------------------------------------------------------ timers
     @_guarded
@@ -541,6 +725,11 @@ class Ttt3rNode(LifecycleNode):
         if self._queue is not None:
             counts = self._queue.snapshot()
             s.frames_received, s.frames_dropped = counts["received"], counts["dropped"]
+            s.frames_refused = counts["refused"]
+        s.frames_lost_before_node = self._input_loss.sequence_gaps
+        s.dds_message_lost = self._input_loss.dds_lost_events
+        s.outputs_skipped = self._outputs.skipped if self._outputs is not None else s.outputs_skipped
+        s.map_frames_skipped = self._mapper.skipped if self._mapper is not None else s.map_frames_skipped
         s.frames_rejected = self._rejected
         s.paused = self._paused
         timeout_s = float(self.get_parameter("input_timeout_s").value)
@@ -560,16 +749,16 @@ class Ttt3rNode(LifecycleNode):
         pub = self._pubs.get("map_points")
         if pub is None or not self._running or not self._map_dirty or pub.get_subscription_count() == 0:
             return
-        with self._engine_lock:
-            if self._engine is None:
-                return
-            pts_odom, cols, confs = self._map_in_odom()
+        if self._engine is None:
+            return
+        with self._map_lock:
             self._map_dirty = False
+            pts_odom, cols, confs = self._map_in_odom()
         header = Header(stamp=self._last_header.stamp, frame_id=self._p["odom_frame"])
         pub.publish(conv.point_cloud(pts_odom, cols, confs, header))
 
     def _map_in_odom(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Voxel map (points, uint8 colours, confidences) in odom_frame; call with _engine_lock held."""
+        """Voxel map (points, uint8 colours, confidences) in odom_frame; call with _map_lock held."""
         from ttt3r_ros.engine import geometry
 
         vm = self._engine.voxel_map
@@ -589,6 +778,9 @@ class Ttt3rNode(LifecycleNode):
             if self._engine is not None:
                 # state, trajectory and map start over; the next frame is the identity pose of odom_frame
                 self._engine.reset(restart_odometry=True)
+            # the camera lock goes too: the next frame's camera (frame_id) owns the restarted stream, so a stray
+            # frame that locked the stream first no longer keeps the real camera out
+            self._engine_camera_frame = ""
         with self._state_lock:
             self._odometry.reset()   # the next twist is unknown, the trajectory starts over
             self._path.clear()
@@ -625,25 +817,27 @@ class Ttt3rNode(LifecycleNode):
         else:
             self.get_logger().error(text)
 
-    def _resolve_path(self, requested: str, default_param: str) -> str:
-        path = requested.strip() or str(self.get_parameter(default_param).value)
-        return os.path.abspath(os.path.expanduser(path))
+    def _resolve_path(self, requested: str, default_param: str, service: str) -> str:
+        """The checked target of a save request: confined to save_directory, no links, regular files only
+        (ros/save_paths.py); SavePathError says why not."""
+        return save_paths.prepare_save(requested, str(self.get_parameter(default_param).value),
+                                       str(self.get_parameter("save_directory").value),
+                                       bool(self.get_parameter("allow_absolute_save_paths").value), service)
 
     @_guarded
     def _srv_save_map(self, request: Any, response: Any) -> Any:
         from ttt3r_ros.engine import exports
 
-        path = self._resolve_path(request.path, "default_map_path")
-        response.path = path
         try:
-            if not os.path.isdir(os.path.dirname(path)):
-                raise FileNotFoundError(f"folder does not exist: {os.path.dirname(path)}")
+            path = self._resolve_path(request.path, "default_map_path", "save_map")
+            response.path = path
             with self._engine_lock:
                 if self._session is None:
                     raise RuntimeError("node is not configured")
-                if self._engine is None:
+                if self._engine is None or not self._engine_camera_frame:
                     raise RuntimeError("no frame processed yet: the map is empty")
-                pts, cols, confs = self._map_in_odom()   # same frame as map_points
+                with self._map_lock:
+                    pts, cols, confs = self._map_in_odom()   # same frame as map_points
             exports.write_ply(path, pts, cols, confs)
             response.success = True
             response.message = f"wrote {len(pts)} points (frame {self._p['odom_frame']}) to {path}"
@@ -657,11 +851,9 @@ class Ttt3rNode(LifecycleNode):
     def _srv_save_trajectory(self, request: Any, response: Any) -> Any:
         from ttt3r_ros.engine import exports
 
-        path = self._resolve_path(request.path, "default_trajectory_path")
-        response.path = path
         try:
-            if not os.path.isdir(os.path.dirname(path)):
-                raise FileNotFoundError(f"folder does not exist: {os.path.dirname(path)}")
+            path = self._resolve_path(request.path, "default_trajectory_path", "save_trajectory")
+            response.path = path
             with self._state_lock:
                 stamps_s, poses = self._odometry.trajectory.timestamps(), self._odometry.trajectory.poses()
             exports.write_tum(path, stamps_s, poses)
@@ -675,26 +867,35 @@ class Ttt3rNode(LifecycleNode):
         return response
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None, node_factory: Callable[[], "Ttt3rNode"] | None = None) -> int:
+    """Run the node until SIGINT, SIGTERM or SIGHUP. node_factory: makes the node (tests inject a subclass)."""
+    # SIGINT and SIGTERM: rclpy shuts the context down (spin ends, cleanup below); SIGHUP the same way
+    startup.route_hangup(rclpy.try_shutdown)
     rclpy.init(args=args if args is not None else sys.argv)
-    node = Ttt3rNode()
-    # 3 threads: image callbacks (may block on back-pressure), services/timers/camera_info, lifecycle services
-    executor = MultiThreadedExecutor(num_threads=3)
+    node = (node_factory or Ttt3rNode)()
+    # 4 threads: image callbacks (may block on back-pressure), services/timers/camera_info (two at once: a
+    # configure waiting for camera_info), lifecycle and parameter services
+    executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
+    # a second node under a name already in the graph logs an error and ends with status 1 (ros/name_guard.py)
+    name_guard = name_guard_module.DuplicateNameGuard(node, rclpy.try_shutdown, is_running=rclpy.ok).start()
+    autostart: threading.Thread | None = None
     try:
         if node.get_parameter("autostart").value:
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
-            else:
-                name = node.get_fully_qualified_name()
-                node.get_logger().error(
-                    f"autostart: configure failed; the node stays unconfigured. Fix the parameters "
-                    f"(e.g. ros2 param set {name} weights /path/model.safetensors), then "
-                    f"ros2 lifecycle set {name} configure")
-        executor.spin()
+            # configure (weights, warm-up) off the executor thread: services and parameters answer meanwhile
+            autostart = threading.Thread(target=_autostart, args=(node,), name="ttt3r_autostart", daemon=True)
+            autostart.start()
+            # services start answering only once the state is "configuring": an "unconfigured" answer then means
+            # that autostart's configure failed, never that it has not begun
+            node.configure_started.wait(timeout=30.0)
+        startup.spin_until_shutdown(executor, rclpy.ok)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if name_guard.found and autostart is not None:
+            # the duplicate is found within seconds of start, usually mid-configure: let that finish (exiting
+            # under a model load aborts the process) so the exit status is name_guard's 1
+            autostart.join(timeout=120.0)
         node._stop_input()
         node._destroy_outputs()
         node._free_model()
@@ -702,7 +903,24 @@ def main(args: list[str] | None = None) -> int:
         node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()
-    return 0
+    return 1 if name_guard.found else 0
+
+
+def _autostart(node: Ttt3rNode) -> None:
+    try:
+        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
+            return
+    except Exception as exc:   # e.g. the context shut down (SIGINT) during the load
+        if rclpy.ok():
+            node.get_logger().error(f"autostart failed: {type(exc).__name__}: {exc}")
+        return
+    if rclpy.ok():
+        name = node.get_fully_qualified_name()
+        node.get_logger().error(
+            f"autostart: configure failed; the node stays unconfigured. Fix the parameters "
+            f"(e.g. ros2 param set {name} weights /path/model.safetensors), then "
+            f"ros2 lifecycle set {name} configure")
 
 
 if __name__ == "__main__":

@@ -41,8 +41,14 @@ node process to measure a warm start (the first start used a fresh compile cache
 warm pair for one configuration. The compile cache is TORCHINDUCTOR_CACHE_DIR (and TRITON_CACHE_DIR under it) in a
 folder this benchmark owns (``--compile-cache-dir``; default a fresh folder in the work folder).
 
-Several cameras: ``run_measurement`` takes a list of NodeProcess objects, one camera (publisher) and one subscriber
-per node, and returns one result per node; ``NodeProcess`` needs only a namespace. The CLI runs one camera.
+Several cameras: ``run_measurement`` takes a list of NodeProcess objects and returns one result per camera: a node
+started with ``NodeOptions.cameras`` (the node's ``cameras`` parameter: one model for all) gets one publisher and one
+subscriber per camera (topics ``<camera>/image``...; each publisher also puts its camera's mount base_link ->
+``<camera>_optical`` on /tf_static; a camera's FPS and latency come from its ``<camera>/depth/camera_info``, stamped
+with the image's stamp, and its counters from its own /diagnostics status ``<node>: camera <camera>``); a node
+without cameras gets one camera, as before. ``--cameras N`` (``run_cameras``) measures N cameras of --width x
+--height at --rate each twice: one node with N cameras, then N single-camera node processes; one JSON line each,
+with the per-camera results and a summary (FPS per camera, worst camera's latency p50/p95, GPU memory of all nodes).
 """
 from __future__ import annotations
 
@@ -95,14 +101,18 @@ class NodeOptions:
     process_all_frames: bool = False
     jpeg: bool = False
     extra_params: tuple[str, ...] = ()          # "name:=value" passed through
+    cameras: tuple[str, ...] = ()               # the node's `cameras` parameter (empty: one camera, as before)
 
     def ros_params(self) -> list[str]:
         params = {"weights": self.weights, "model_config": self.model_config, "device": self.device,
                   "precision": self.precision, "image_size": self.image_size,
                   "process_all_frames": "true" if self.process_all_frames else "false",
                   "image_transport": "compressed" if self.jpeg else "raw",
-                  # the synthetic camera is the robot body: no static TF publisher needed
-                  "camera_is_base": "true"}
+                  # the synthetic camera is the robot body: no static TF publisher needed; several cameras: each
+                  # publisher puts its camera's mount on /tf_static
+                  "camera_is_base": "false" if self.cameras else "true"}
+        if self.cameras:
+            params["cameras"] = "[" + ",".join(self.cameras) + "]"
         out = [f"{k}:={v}" for k, v in params.items() if v is not None]
         return out + list(self.extra_params)
 
@@ -423,49 +433,56 @@ def _counter_delta(before: dict[str, int] | None, after: dict[str, int] | None, 
 
 def run_measurement(nodes: Sequence[NodeProcess], load: LoadOptions, env: BenchEnvironment,
                     gpu: GpuMemorySampler | None = None) -> list[dict[str, Any]]:
-    """One measurement of every node under `load` (one camera each); one result dict per node."""
+    """One measurement of every node under `load`; one result dict per camera (a node without `cameras`: one)."""
     t_begin = time.time()
     subscribers: list[ChildProcess] = []
     publishers: list[ChildProcess] = []
+    # (node, camera name or None) per publisher/subscriber pair
+    channels = [(node, camera) for node in nodes for camera in (node.options.cameras or (None,))]
 
     def watch(node: NodeProcess) -> Callable[[], str | None]:
         return lambda: None if node.alive() else (f"node {node.fqn} exited ({node.proc.returncode}):\n"
                                                   f"{node.tail()}")
     try:
-        for node in nodes:
+        for c, (node, camera) in enumerate(channels):
             sub_args = ["--namespace", node.namespace, "--node", node.fqn, "--outputs", load.outputs]
-            if node.measurements > 0:
+            primary = camera is None or camera == node.options.cameras[0]   # the node's first channel
+            if node.measurements > 0 and primary:
                 sub_args.append("--reset")   # a kept node starts each measurement from a clean state and map
-            subscribers.append(ChildProcess("_subscriber", sub_args, env, f"subscriber{node.index}"))
-        ready = [s.wait_event("ready", 120, watch(n)) for s, n in zip(subscribers, nodes)]
-        for node in nodes:
+            if camera is not None:
+                sub_args += ["--camera", camera] + (["--primary"] if primary else [])
+            subscribers.append(ChildProcess("_subscriber", sub_args, env, f"subscriber{node.index}_{c}"))
+        ready = [s.wait_event("ready", 120, watch(n)) for s, (n, _) in zip(subscribers, channels)]
+        for c, (node, camera) in enumerate(channels):
             pub_args = ["--namespace", node.namespace, "--width", str(load.width), "--height", str(load.height),
                         "--rate", "max" if load.rate_hz is None else str(load.rate_hz)]
             if node.options.jpeg:
                 pub_args.append("--jpeg")
-            publishers.append(ChildProcess("_publisher", pub_args, env, f"publisher{node.index}"))
+            if camera is not None:
+                pub_args += ["--camera", camera, "--mount-index", str(node.options.cameras.index(camera))]
+            publishers.append(ChildProcess("_publisher", pub_args, env, f"publisher{node.index}_{c}"))
         timeout = env.startup_timeout_s if any(n.measurements == 0 for n in nodes) else 120.0
-        first = [s.wait_event("first_odom", timeout, watch(n)) for s, n in zip(subscribers, nodes)]
+        first = [s.wait_event("first_odom", timeout, watch(n)) for s, (n, _) in zip(subscribers, channels)]
         time.sleep(load.settle_s)
         w0 = time.time()
-        cpu0 = [n.cpu_seconds() for n in nodes]
+        cpu0 = [n.cpu_seconds() for n, _ in channels]
         time.sleep(load.duration_s)
         w1 = time.time()
-        cpu1 = [n.cpu_seconds() for n in nodes]
-        rss = [_rss_mib(n.pid) for n in nodes]
+        cpu1 = [n.cpu_seconds() for n, _ in channels]
+        rss = [_rss_mib(n.pid) for n, _ in channels]
         for p in publishers:
             p.send("stop")
         sent = [p.wait_event("done", 30) for p in publishers]
         for s in subscribers:
             s.send("drain")
-        final = [s.wait_event("result", DRAIN_TIMEOUT_S + 30, watch(n)) for s, n in zip(subscribers, nodes)]
+        final = [s.wait_event("result", DRAIN_TIMEOUT_S + 30, watch(n)) for s, (n, _) in zip(subscribers, channels)]
         t_end = time.time()
     finally:
         for child in publishers + subscribers:
             child.close()
 
     results = []
-    for i, node in enumerate(nodes):
+    for i, (node, camera) in enumerate(channels):
         recv = np.asarray(final[i]["odom_recv_s"], dtype=np.float64)
         stamps = np.asarray(final[i]["odom_stamp_s"], dtype=np.float64)
         in_window = (recv >= w0) & (recv <= w1)
@@ -503,7 +520,9 @@ def run_measurement(nodes: Sequence[NodeProcess], load: LoadOptions, env: BenchE
             "node_params": final[i]["node_params"],
             "namespace": node.namespace,
             "node_source": str(env.node_source) if env.node_source else "this tree",
+            **({"camera": camera} if camera is not None else {}),
         })
+    for node in nodes:
         node.measurements += 1
     return results
 
@@ -582,6 +601,69 @@ def run_all(specs: Sequence[RunSpec], env: BenchEnvironment, emit: Callable[[dic
     return failures
 
 
+def camera_names(count: int) -> tuple[str, ...]:
+    return tuple(f"cam{i}" for i in range(count))
+
+
+def summarise_cameras(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One line over a multi-camera measurement's per-camera results: FPS per camera, the worst camera's latency,
+    and the nodes' GPU memory and CPU (each node process counted once)."""
+    per_node: dict[str, dict[str, Any]] = {}
+    for r in results:
+        per_node.setdefault(r["namespace"], r)
+    gpu = [r["gpu_memory_mib"] for r in per_node.values() if r["gpu_memory_mib"] is not None]
+    per_process = gpu and all(g["source"].startswith("nvidia-smi per-process") for g in gpu)
+    fps = [r["processed_fps"] for r in results]
+
+    def worst(key: str) -> float | None:
+        values = [r["latency_ms"][key] for r in results if r["latency_ms"][key] is not None]
+        return max(values) if values else None
+    return {
+        "cameras": len(results), "node_processes": len(per_node),
+        "processed_fps_per_camera": fps, "processed_fps_mean": round(float(np.mean(fps)), 2) if fps else None,
+        "offered_fps_per_camera": [r["offered_fps"] for r in results],
+        "latency_ms_worst_camera": {"p50": worst("p50"), "p95": worst("p95")},
+        # per-process figures add up; the device-wide fallback already holds every node
+        "gpu_memory_mib_peak": (round(sum(g["peak"] for g in gpu), 1) if per_process
+                                else (max(g["peak"] for g in gpu) if gpu else None)),
+        "node_cpu_cores": round(sum(r["node_cpu_cores"] for r in per_node.values()), 3),
+        "frames_dropped": [r["frames"]["dropped"] for r in results],
+        "frames_rejected": [r["frames"]["rejected"] for r in results],
+    }
+
+
+def run_cameras(count: int, base_node: NodeOptions, load: LoadOptions, env: BenchEnvironment,
+                emit: Callable[[dict[str, Any]], None]) -> int:
+    """`count` cameras at the load's size and rate each: one node with `count` cameras (one model), then `count`
+    single-camera node processes. One JSON record per mode (per-camera results and a summary); returns failures."""
+    gpu = GpuMemorySampler()
+    gpu.start()
+    failures = 0
+    names = camera_names(count)
+    modes = (("one_node", [replace(base_node, cameras=names)]), ("separate_nodes", [base_node] * count))
+    try:
+        for mode, options in modes:
+            run = f"{count}cams_{mode}_{load.rate_label}_{'jpeg' if base_node.jpeg else 'raw'}"
+            header = {"bench": "node", "run": run, "mode": mode,
+                      "params": {**asdict(base_node), **asdict(load), "rate": load.rate_label, "cameras": count,
+                                 "fastdds_profile": env.fastdds_profile, "ros_domain_id": env.domain_id}}
+            nodes: list[NodeProcess] = []
+            try:
+                nodes = [NodeProcess(i, o, env) for i, o in enumerate(options)]
+                results = run_measurement(nodes, load, env, gpu)
+                emit({**header, "device_name": describe_device(results[0]["device"]),
+                      "summary": summarise_cameras(results), "per_camera": results})
+            except (BenchError, OSError) as exc:
+                failures += 1
+                emit({**header, "error": str(exc)[-4000:]})
+            finally:
+                for n in nodes:
+                    n.stop()
+    finally:
+        gpu.stop()
+    return failures
+
+
 def _run_params(spec: RunSpec, env: BenchEnvironment) -> dict[str, Any]:
     return {**asdict(spec.node), **asdict(spec.load), "rate": spec.load.rate_label,
             "fastdds_profile": env.fastdds_profile, "ros_domain_id": env.domain_id,
@@ -612,6 +694,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settle-s", type=float, default=2.0, help="after the first odometry, before the window")
     parser.add_argument("--duration-s", type=float, default=10.0, help="measurement window")
     parser.add_argument("--matrix", action="store_true", help="issue 11's set of runs (see the module docstring)")
+    parser.add_argument("--cameras", type=int, default=None, metavar="N",
+                        help="N cameras of --width x --height at --rate each: one node with N cameras (one model), "
+                        "then N single-camera node processes; one JSON line each (see the module docstring)")
     parser.add_argument("--cold-warm", action="store_true",
                         help="run twice, each with a new node process sharing one compile cache (cold, then warm)")
     parser.add_argument("--compile-cache-dir", default=None,
@@ -679,8 +764,15 @@ def run(args: argparse.Namespace) -> int:
             with open(args.json_out, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
 
-    print(f"[node_bench] {len(specs)} run(s); logs in {work_dir}; ROS_DOMAIN_ID={domain}", file=sys.stderr)
-    failures = run_all(specs, env, emit, args.deadline_s)
+    if args.cameras is not None:
+        if args.cameras < 1 or args.matrix or args.cold_warm:
+            raise SystemExit("--cameras N needs N >= 1 and goes without --matrix/--cold-warm")
+        print(f"[node_bench] {args.cameras} camera(s): one node, then separate nodes; logs in {work_dir}; "
+              f"ROS_DOMAIN_ID={domain}", file=sys.stderr)
+        failures = run_cameras(args.cameras, node, load, env, emit)
+    else:
+        print(f"[node_bench] {len(specs)} run(s); logs in {work_dir}; ROS_DOMAIN_ID={domain}", file=sys.stderr)
+        failures = run_all(specs, env, emit, args.deadline_s)
     if failures == 0 and args.work_dir is None:
         shutil.rmtree(work_dir, ignore_errors=True)
     elif failures:
@@ -734,8 +826,13 @@ def publisher_main(argv: Sequence[str]) -> int:
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     parser.add_argument("--rate", default="30")
     parser.add_argument("--jpeg", action="store_true")
+    parser.add_argument("--camera", default="", help="one camera of a node with `cameras`: topics <camera>/image..., "
+                        "frame <camera>_optical, its mount on /tf_static")
+    parser.add_argument("--mount-index", type=int, default=0, help="with --camera: the mount's place on the rig")
     args = parser.parse_args(argv)
     rate = _parse_rate(args.rate)
+    frame_id = f"{args.camera}_optical" if args.camera else FRAME_ID
+    prefix = f"{args.camera}/" if args.camera else ""
 
     import rclpy
     from builtin_interfaces.msg import Time
@@ -753,18 +850,21 @@ def publisher_main(argv: Sequence[str]) -> int:
         else:
             msg = Image(height=args.height, width=args.width, encoding="rgb8", is_bigendian=0, step=args.width * 3,
                         data=rgb.tobytes())
-        msg.header.frame_id = FRAME_ID
+        msg.header.frame_id = frame_id
         messages.append(msg)
     info = CameraInfo(height=args.height, width=args.width, distortion_model="plumb_bob", d=[0.0] * 5,
                       k=k.reshape(-1).tolist(), r=np.eye(3).reshape(-1).tolist(),
                       p=np.hstack([k, np.zeros((3, 1))]).reshape(-1).tolist())
-    info.header.frame_id = FRAME_ID
+    info.header.frame_id = frame_id
 
     rclpy.init()
-    node = rclpy.create_node("node_bench_camera", namespace=args.namespace)
-    topic = "image/compressed" if args.jpeg else "image"
+    node = rclpy.create_node(f"node_bench_camera{args.mount_index}" if args.camera else "node_bench_camera",
+                             namespace=args.namespace)
+    topic = prefix + ("image/compressed" if args.jpeg else "image")
     image_pub = node.create_publisher(CompressedImage if args.jpeg else Image, topic, qos_profile_sensor_data)
-    info_pub = node.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
+    info_pub = node.create_publisher(CameraInfo, prefix + "camera_info", qos_profile_sensor_data)
+    if args.camera:
+        _publish_mount(node, frame_id, args.mount_index)
     commands = _stdin_commands()
     _event("ready")
     sent = unmatched = 0
@@ -808,6 +908,36 @@ def publisher_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def rig_mount(index: int) -> np.ndarray:
+    """T_base_camera of the rig's camera `index`: optical axes (z forward) turned to face 90 degrees further left
+    per index (front, left, back, right, ...), 10 cm from the base's centre."""
+    yaw = index * np.pi / 2
+    c, s = np.cos(yaw), np.sin(yaw)
+    r_base_body = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    # REP 103 body axes from optical axes: optical z (forward) -> x, optical x (right) -> -y, optical y (down) -> -z
+    r_body_optical = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    t = np.eye(4)
+    t[:3, :3] = r_base_body @ r_body_optical
+    t[:3, 3] = r_base_body @ np.array([0.1, 0.0, 0.0])
+    return t
+
+
+def _publish_mount(node: Any, frame_id: str, index: int) -> Any:
+    """base_link -> frame_id on /tf_static (transient local, as static_transform_publisher); the publisher is kept
+    by the node so that late subscribers still get it."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Header
+    from tf2_msgs.msg import TFMessage
+
+    from ttt3r_ros.ros import conversions as conv
+
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    pub = node.create_publisher(TFMessage, "/tf_static", latched)
+    header = Header(frame_id="base_link", stamp=node.get_clock().now().to_msg())
+    pub.publish(TFMessage(transforms=[conv.transform_stamped(rig_mount(index), header, frame_id)]))
+    return pub
+
+
 def _diagnostic_counters(status: Any) -> dict[str, Any]:
     values = {kv.key: kv.value for kv in status.values}
     missing = [k for k in DIAGNOSTIC_COUNTERS if k not in values]
@@ -826,7 +956,13 @@ def subscriber_main(argv: Sequence[str]) -> int:
     parser.add_argument("--node", required=True, help="fully qualified node name")
     parser.add_argument("--outputs", choices=("all", "odom"), default="all")
     parser.add_argument("--reset", action="store_true", help="call the node's ~/reset and read baseline counters")
+    parser.add_argument("--camera", default="", help="one camera of a node with `cameras`: its frames are timed on "
+                        "<camera>/depth/camera_info, its counters read from the status '<node>: camera <camera>'")
+    parser.add_argument("--primary", action="store_true", help="with --camera: also the node-wide outputs")
     args = parser.parse_args(argv)
+    # the topic whose messages are the processed frames (stamp = the image's) and the /diagnostics status to read
+    stamp_topic = f"{args.camera}/depth/camera_info" if args.camera else "odom"
+    diag_status = f"{args.node}: camera {args.camera}" if args.camera else None
 
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -856,7 +992,7 @@ def subscriber_main(argv: Sequence[str]) -> int:
         with lock:
             odom_recv.append(now)
             odom_stamp.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
-            counts["odom"] = counts.get("odom", 0) + 1
+            counts[stamp_topic] = counts.get(stamp_topic, 0) + 1
         if not first_reported.is_set():
             first_reported.set()
             _event("first_odom", wall_s=now)
@@ -869,7 +1005,7 @@ def subscriber_main(argv: Sequence[str]) -> int:
 
     def on_diagnostics(msg: Any) -> None:
         for status in msg.status:
-            if status.name.startswith(args.node + ":"):
+            if (status.name == diag_status) if diag_status else status.name.startswith(args.node + ":"):
                 try:
                     latest_diag.append((time.time(), _diagnostic_counters(status)))
                 except BenchError as exc:
@@ -878,9 +1014,21 @@ def subscriber_main(argv: Sequence[str]) -> int:
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    node.create_subscription(Odometry, "odom", on_odom, reliable)
+    node.create_subscription(CameraInfo if args.camera else Odometry, stamp_topic, on_odom, reliable)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable)
-    if args.outputs == "all":
+    if args.camera:
+        # a camera of a multi-camera node: its own outputs; the primary's subscriber also the node-wide ones
+        per_camera = {f"{args.camera}/{t}": v for t, v in (("points", (PointCloud2, reliable)),
+                                                            ("depth/image", (Image, reliable)),
+                                                            ("confidence/image", (Image, reliable)))}
+        shared = {"odom": (Odometry, reliable), "/tf": (TFMessage, QoSProfile(depth=100,
+                                                                               reliability=ReliabilityPolicy.RELIABLE)),
+                  "path": (PathMsg, latched), "map_points": (PointCloud2, latched), "status": (Status, reliable)}
+        wanted = ({**per_camera, **(shared if args.primary else {})} if args.outputs == "all"
+                  else ({"odom": shared["odom"]} if args.primary else {}))
+        for topic, (msg_type, qos) in wanted.items():
+            node.create_subscription(msg_type, topic, counter(topic), qos, raw=True)
+    elif args.outputs == "all":
         # what RViz and a typical consumer ask for: reliable; latched topics as transient local
         others = {"/tf": (TFMessage, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)),
                   "path": (PathMsg, latched), "points": (PointCloud2, reliable), "map_points": (PointCloud2, latched),

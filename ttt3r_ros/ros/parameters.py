@@ -9,10 +9,11 @@ services, autostart). config/live.yaml mirrors the declared defaults (a test che
   configure/activate. They may be set while the node is unconfigured (e.g. after a failed configure: fix
   `weights`, then configure again) and are refused while it is configured, because a live change would leave
   the node half in one configuration and half in another;
-- start-only (`autostart`): read once at process start, declared read-only.
+- start-only (`autostart`, `exit_on_configure_failure`): read once at process start, declared read-only.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from ttt3r_ros.ros import save_paths
 from ttt3r_ros.session import settings
 
 
@@ -78,6 +80,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _session_setting("image_size"),
     _session_setting("reset_interval"),
     _session_setting("warmup_frames"),
+    ParamSpec("warmup_image_width", 0, "width of the frames the warm-up runs at configure (the camera's: a CUDA "
+              "graph is captured per input size); 0 = from the first camera_info within "
+              "warmup_camera_info_wait_s, else 4:3 at image_size", min_value=0, max_value=100_000),
+    ParamSpec("warmup_image_height", 0, "height of the warm-up frames (see warmup_image_width)", min_value=0,
+              max_value=100_000),
+    ParamSpec("warmup_camera_info_wait_s", 2.0, "how long configure waits for a camera_info to learn the camera's "
+              "size for the warm-up when warmup_image_width/height are 0 (0 = do not wait)", min_value=0.0,
+              max_value=600.0),
+    ParamSpec("compile_cache_dir", "", "folder of the torch.compile/Triton kernel cache (kept across runs); empty = "
+              "$TORCHINDUCTOR_CACHE_DIR when set, else $XDG_CACHE_HOME/ttt3r_ros/compile_cache "
+              "(~/.cache/ttt3r_ros/compile_cache)"),
     # --- input (read at activate) ---
     ParamSpec("image_transport", "raw", "subscribe to `image` (raw) or `image/compressed` (jpeg/png)",
               choices=("raw", "compressed")),
@@ -92,10 +105,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "true: process every frame in order through a bounded queue (bag replay; back-pressure)"),
     ParamSpec("queue_size", 30, "bound of the in-order queue when process_all_frames is true", min_value=1,
               max_value=10_000),
+    _session_setting("max_image_pixels"),
     # --- frames ---
     _session_setting("odom_frame"),
     _session_setting("base_frame"),
     _session_setting("camera_frame"),
+    ParamSpec("cameras", [], "several cameras, one model: camera names (the first is the primary: odometry, TF, "
+              "path and status come from it); per camera c the inputs c/image (or c/image/compressed) and "
+              "c/camera_info and the outputs c/points, c/depth/image, c/depth/camera_info, c/confidence/image; "
+              "map_points holds every camera's points. Each camera's mount base_frame -> its optical frame must be "
+              "in TF. Empty = one camera on image/camera_info (the single-camera node)"),
+    ParamSpec("camera_frames", [], "with `cameras`: each camera's optical frame, in the same order (empty = each "
+              "image's header.frame_id)"),
     ParamSpec("camera_is_base", False, "true: the camera is the robot body (no base->camera transform in TF); "
               "base_frame then sits at the camera with REP 103 axes"),
     ParamSpec("extrinsic_timeout_s", 10.0, "warn (throttled) while base->camera is missing from TF for longer "
@@ -106,6 +127,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "odometry source owning the tree)", live=True),
     _session_setting("confidence_threshold"),
     _session_setting("path_max_length"),
+    ParamSpec("path_publish_period_s", 1.0, "period of `path` (only while subscribed; the whole path is one "
+              "message, so it is not sent per frame)", min_value=0.01, max_value=3600.0),
     ParamSpec("map_publish_period_s", 1.0, "period of `map_points` (only while subscribed)",
               min_value=0.05, max_value=3600.0),
     _session_setting("voxel_size_m"),
@@ -114,15 +137,27 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     _session_setting("tracking_lost_fraction"),
     _session_setting("position_variance_m2"),
     _session_setting("rotation_variance_rad2"),
+    _session_setting("translation_noise_m_per_sqrt_m"),
+    _session_setting("rotation_noise_rad_per_sqrt_rad"),
     ParamSpec("default_map_path", "ttt3r_map.ply", "save_map target when the request path is empty",
               live=True),
     ParamSpec("default_trajectory_path", "ttt3r_trajectory.tum", "save_trajectory target when the request "
               "path is empty", live=True),
+    ParamSpec("save_directory", save_paths.DEFAULT_SAVE_DIRECTORY, "folder that ~/save_map and ~/save_trajectory "
+              "write into (relative paths resolve inside it; created on the first save; ~ is expanded here only)",
+              start_only=True),
+    ParamSpec("allow_absolute_save_paths", False, "let ~/save_map and ~/save_trajectory write to absolute paths "
+              "outside save_directory (any DDS participant can call them: keep false unless SROS2 guards them)",
+              start_only=True),
     ParamSpec("autostart", True, "configure and activate by itself at start (no lifecycle manager needed)",
               start_only=True),
+    ParamSpec("exit_on_configure_failure", False, "a failed configure ends the process with exit status 1 (for "
+              "launch respawn, systemd, containers); false: the node stays alive and unconfigured, reporting the "
+              "reason on /diagnostics", start_only=True),
 )
 
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+_CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _SESSION_SETTINGS = frozenset(settings.setting_names())
 
 
@@ -133,6 +168,20 @@ def validate_value(name: str, value: Any) -> str | None:
         return None
     if name in _SESSION_SETTINGS:
         return settings.validate_value(name, value)
+    if name in ("default_map_path", "default_trajectory_path"):
+        problem = save_paths.path_text_problem(str(value))
+        if problem:
+            return f"{name}={value!r}: {problem}"
+    if name == "save_directory" and not str(value).strip():
+        return "save_directory must not be empty"
+    if name == "cameras":
+        names = list(value or [])
+        bad = [c for c in names if not _CAMERA_NAME.fullmatch(str(c))]
+        if bad:
+            return (f"cameras: {bad} are not usable as topic namespaces (letters, digits and '_', starting with a "
+                    "letter)")
+        if len(set(names)) != len(names):
+            return f"cameras: names must be distinct, got {names}"
     if spec.choices and value not in spec.choices:
         return f"{name}={value!r} is not one of {', '.join(spec.choices)}"
     if isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool) and spec.min_value is not None:
@@ -144,7 +193,14 @@ def validate_value(name: str, value: Any) -> str | None:
 def declare_parameters(node: Node) -> None:
     """Declare every parameter with its default and descriptor."""
     for spec in PARAMETERS:
-        node.declare_parameter(spec.name, spec.default, spec.descriptor())
+        if isinstance(spec.default, list):
+            # a string array: rclpy would type an empty default as a byte array, and a params file's `[]` is no
+            # value at all, so declare the type and give the default only when nothing set it
+            node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, spec.descriptor())
+            if node.get_parameter_or(spec.name, None).value is None:
+                node.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, list(spec.default))])
+        else:
+            node.declare_parameter(spec.name, spec.default, spec.descriptor())
 
 
 def validate_node_parameters(node: Node) -> list[str]:
@@ -154,13 +210,21 @@ def validate_node_parameters(node: Node) -> list[str]:
         msg = validate_value(spec.name, node.get_parameter(spec.name).value)
         if msg:
             errors.append(msg)
-    return errors + settings.cross_field_problems(values(node))
+    current = values(node)
+    cameras, frames = list(current["cameras"] or []), list(current["camera_frames"] or [])
+    if frames and len(frames) != len(cameras):
+        errors.append(f"camera_frames has {len(frames)} entries for {len(cameras)} cameras (give one per camera, "
+                      "or none to use each image's frame_id)")
+    return errors + settings.cross_field_problems(current)
 
 
-def on_set_parameters_callback(is_configured: Callable[[], bool]) -> Callable[[list[Parameter]],
-                                                                             SetParametersResult]:
+def on_set_parameters_callback(is_configured: Callable[[], bool],
+                               current_values: Callable[[], dict[str, Any]] | None = None,
+                               ) -> Callable[[list[Parameter]], SetParametersResult]:
     """Validation of `ros2 param set` (start-only and ranges are enforced by rclpy before this runs);
-    configure-time parameters are refused while `is_configured()`."""
+    configure-time parameters are refused while `is_configured()`. With `current_values` (the node's values now),
+    the rules that tie settings together (e.g. tracking_lost_fraction <= tracking_degraded_fraction) are checked
+    against the values the change would leave, so a change that would break the next configure is refused now."""
     def check(params: list[Parameter]) -> SetParametersResult:
         for p in params:
             spec = SPECS.get(p.name)
@@ -171,6 +235,11 @@ def on_set_parameters_callback(is_configured: Callable[[], bool]) -> Callable[[l
             msg = validate_value(p.name, p.value)
             if msg:
                 return SetParametersResult(successful=False, reason=msg)
+        if current_values is not None:
+            after = {**current_values(), **{p.name: p.value for p in params}}
+            problems = settings.cross_field_problems(after)
+            if problems:
+                return SetParametersResult(successful=False, reason="; ".join(problems))
         return SetParametersResult(successful=True)
     return check
 

@@ -10,6 +10,8 @@ Modules, one job each:
   image_codec     sensor_msgs Image / CompressedImage / CameraInfo -> numpy (live and offline decode alike)
   message_codec   message layouts filled into any message factory (rclpy or rosbags classes): PointCloud2,
                   Pose, TransformStamped, Odometry
+  snapshot        session snapshots: one engine stream + input position + provenance in one file; save, check,
+                  restore (refuses other models/settings and damaged files before changing anything)
   errors          SessionError, FrameDecodeError
 
 This file imports nothing on purpose: `ttt3r_ros.ros.conversions` imports the codecs, which must not load torch.

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..engine import StreamingReconstructor
+from ..engine import BatchedReconstructor, StreamingReconstructor
 from ..model.fast import overflow_fallback, precision_spec, resolve_precision
 from .errors import SessionError
 from .settings import SessionConfig
@@ -168,21 +168,33 @@ class Session:
         """A fresh engine (clean state, empty map) on this session's model with the session's settings.
         camera_to_base: T_base_camera (None: the camera is the base, REP 103 axes). engine_options: further
         EngineConfig fields, or overrides of the session's (e.g. the live confidence_threshold)."""
-        c = self.config
-        options: dict[str, Any] = dict(update_rule=c.update_rule, reset_interval=c.reset_interval or None,
-                                       size=c.image_size, confidence_threshold=c.confidence_threshold,
-                                       voxel_size=c.voxel_size_m, map_max_points=c.map_max_points,
-                                       camera_to_base=camera_to_base)
-        options.update(engine_options)
-        engine = StreamingReconstructor(self.model, **options)
+        engine = StreamingReconstructor(self.model, **self._engine_options(camera_to_base=camera_to_base,
+                                                                           **engine_options))
         self._engines.add(engine)
         return engine
 
+    def new_batched_engine(self, num_streams: int, **engine_options: Any) -> BatchedReconstructor:
+        """`num_streams` streams sharing this session's model (one model in memory; session/rig.py), each with a
+        clean state, the session's settings as in `new_engine`; a precision fallback moves it too."""
+        engine = BatchedReconstructor(self.model, num_streams, **self._engine_options(**engine_options))
+        self._engines.add(engine)
+        return engine
+
+    def _engine_options(self, **overrides: Any) -> dict[str, Any]:
+        """The EngineConfig fields this session's settings give, with `overrides` applied."""
+        c = self.config
+        options: dict[str, Any] = dict(update_rule=c.update_rule, reset_interval=c.reset_interval or None,
+                                       size=c.image_size, confidence_threshold=c.confidence_threshold,
+                                       voxel_size=c.voxel_size_m, map_max_points=c.map_max_points)
+        options.update(overrides)
+        return options
+
     def step(self, engine: StreamingReconstructor, image: Any, timestamp_s: float, intrinsics: Any = None,
-             update_state: bool = True, log: Callable[[str], None] | None = None) -> Any:
+             update_state: bool = True, log: Callable[[str], None] | None = None, camera_model: Any = None) -> Any:
         """`engine.step` with the overflow guard: an invalid result (`FrameResult.valid` False: do not publish it)
-        goes through `handle_invalid`."""
-        result = engine.step(image, timestamp_s, intrinsics, update_state)
+        goes through `handle_invalid`. `camera_model`: the calibrated camera (`engine.camera_model.CameraModel`,
+        `session.camera_calibration`), undistorted before the model, instead of `intrinsics`."""
+        result = engine.step(image, timestamp_s, intrinsics, update_state, camera_model=camera_model)
         if not result.valid:
             self.handle_invalid(result, log)
         return result
@@ -217,16 +229,25 @@ class Session:
             f"after a reset (odometry continues); precision_fallbacks={self.precision_fallbacks}")
         return True
 
-    def warm_up(self, frames: int) -> tuple[float, str]:
-        """Run `frames` synthetic frames through a throwaway engine (validates the engine options now, captures
-        graphs and compiles kernels before the first real frame). Returns (milliseconds, execution path)."""
-        engine = self.new_engine()
+    def warm_up(self, frames: int, engine: StreamingReconstructor | None = None,
+                frame_hw: tuple[int, int] | None = None) -> tuple[float, str]:
+        """Run `frames` synthetic frames (validates the engine options now, captures graphs and compiles kernels
+        before the first real frame). Returns (milliseconds, execution path).
+
+        engine: warm this engine up and restart its stream afterwards (`reset(restart_odometry=True)`: clean state,
+        empty map and trajectory), keeping its step runners, so that its graphs are the ones the live frames replay;
+        None: a throwaway engine. frame_hw: (height, width) of the camera's frames (a CUDA graph is captured per input
+        size); None: 3:4 at the model size."""
+        warm_engine = self.new_engine() if engine is None else engine
         size = self.config.image_size
-        frame = np.random.default_rng(0).integers(0, 255, size=(size * 3 // 4, size, 3), dtype=np.uint8)
+        height, width = frame_hw if frame_hw is not None else (size * 3 // 4, size)
+        frame = np.random.default_rng(0).integers(0, 255, size=(int(height), int(width), 3), dtype=np.uint8)
         start_s = time.monotonic()
         for index in range(frames):
-            engine.step(frame, float(index))
-        return (time.monotonic() - start_s) * 1e3, engine.fast_path_status
+            warm_engine.step(frame, float(index))
+        if engine is not None:
+            engine.reset(restart_odometry=True)
+        return (time.monotonic() - start_s) * 1e3, warm_engine.fast_path_status
 
     def close(self) -> None:
         """Drop the model; on CUDA give the cached memory back."""

@@ -1,19 +1,40 @@
 """Per-frame odometry bookkeeping: pose, velocity, uncertainty and tracking state from the engine's results
 (pure numpy, no ROS).
 
-One `OdometryTracker` serves the live node (`odom`, `status`, `/diagnostics`, `~/save_trajectory`) and the offline
-result bag (`/odom`), so a bag mapped offline carries the covariances and twists the node would have published.
+One `OdometryTracker` serves the live node (`odom`, TF, `status`, `/diagnostics`, `~/save_trajectory`) and the
+offline result bag (`/odom`, `/tf`), so a bag mapped offline carries the poses, covariances and twists the node
+would have published. This module is the only place that holds the covariance model and the lost-tracking rule.
 
-The model gives no calibrated pose uncertainty; what it does give is a per-pixel confidence. The fraction of
-pixels that pass the confidence threshold is a usable proxy for how much geometry supports the pose, so variances
-scale with its inverse, and below the "lost" fraction the pose is reported as lost with 9999 variances (rtabmap's
-BAD_COVARIANCE convention), which robot_localization and Nav2 treat as "ignore". This module is the only place
-that holds this covariance model.
+Tracking state. The model gives no calibrated pose uncertainty; what it does give is a per-pixel confidence. The
+fraction of pixels that pass the confidence threshold is a usable proxy for how much geometry supports the pose:
+below `tracking_degraded_fraction` tracking is DEGRADED, below `tracking_lost_fraction` it is LOST.
+
+Pose covariance (random walk, REP 105: odom drifts). The published pose is the sum of per-frame increments, each
+with an error independent of the others, so its variance grows with the path since the odometry origin:
+    position variance += translation_noise_m_per_sqrt_m**2 * |increment translation m| / confident fraction
+    rotation variance += rotation_noise_rad_per_sqrt_rad**2 * |increment angle rad| / confident fraction
+starting from `position_variance_m2` / `rotation_variance_rad2` at the origin (so it is never zero). The sigma
+after d metres is therefore noise * sqrt(d) (defaults: 3 cm after 1 m, 30 cm after 100 m), independent of the frame
+rate. A model-state reset (`~/reset`, `reset_interval`) keeps the pose and its variance (the pose continues);
+only an odometry restart (`OdometryTracker.reset`) starts the growth again. Every axis gets the same variance
+(the model tells nothing about direction).
+
+Twist covariance. The twist is one frame's increment over its dt, so its variance is that increment's variance
+(the terms above) over dt**2, clamped to [TWIST_SIGMA_FLOOR, TWIST_SIGMA_CEILING]: about 0.1 m/s for 0.5 m/s at
+30 Hz with the defaults, not the 2*var/dt**2 of two absolute poses (which made sigma ~4 m/s). Unknown (first frame,
+stamps not increasing, the frame after a loss) -> 9999.
+
+Lost tracking (Nav2 consumes TF, not covariance). While LOST, the published pose holds the last good one (no
+jumps), with 9999 pose and twist variances (rtabmap's BAD_COVARIANCE convention: robot_localization and Nav2 treat
+it as "ignore"). When tracking returns, the first good frame is placed at the held pose and later frames add the
+model's motion relative to that frame: the model's own pose is not trusted across the gap (it may have diverged),
+so the motion during the loss is dropped, and its size is added to the variances (we do not know whether it was
+real). Before any good frame, the first frame's pose (the odometry origin) is what is held.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -21,11 +42,22 @@ from ..engine import Trajectory, geometry
 from .settings import DEFAULTS, SessionConfig
 
 LOST_VARIANCE = 9999.0
+# Below this stamp difference a finite-difference twist is noise divided by ~0 (two stamps 1 ns apart gave
+# 7.7e7 m/s): the twist is reported unknown (zero, 9999 covariance) instead. 1 ms = a 1 kHz camera.
+MIN_TWIST_DT_S = 1e-3
+# The twist sigma never goes below this (a still camera still has frame-to-frame jitter in the model's pose)
+# nor above the ceiling (one frame's increment is bounded by what a camera can move in one frame; a larger sigma
+# only says "unreliable", which 9999 says when it is unknown).
+TWIST_SIGMA_FLOOR_MPS, TWIST_SIGMA_FLOOR_RADPS = 0.01, 0.01
+TWIST_SIGMA_CEILING_MPS, TWIST_SIGMA_CEILING_RADPS = 10.0, 10.0
+# A confident fraction below this is taken as this when scaling the increments (LOST is below it anyway).
+_MIN_FRACTION = 1e-3
 
 # Values of ttt3r_ros/Status tracking_state (msg/Status.msg)
 TRACKING_INITIALIZING, TRACKING_OK, TRACKING_DEGRADED, TRACKING_LOST = 0, 1, 2, 3
 TRACKING_NAMES = {TRACKING_INITIALIZING: "initializing", TRACKING_OK: "ok", TRACKING_DEGRADED: "degraded",
                   TRACKING_LOST: "lost"}
+HOLDING_TEXT = "holding last good pose"
 
 
 def confident_fraction(confidence: np.ndarray, threshold: float) -> float:
@@ -43,22 +75,54 @@ def tracking_state(fraction: float, degraded_fraction: float = DEFAULTS.tracking
     return TRACKING_OK
 
 
-def pose_covariance_diagonal(fraction: float, state: int,
-                             position_variance_m2: float = DEFAULTS.position_variance_m2,
-                             rotation_variance_rad2: float = DEFAULTS.rotation_variance_rad2) -> list[float]:
-    """(x, y, z, rx, ry, rz) variances: base / confident fraction; LOST -> 9999. Never zero."""
-    if state == TRACKING_LOST:
-        return [LOST_VARIANCE] * 6
-    scale = 1.0 / max(fraction, 1e-3)
-    return [position_variance_m2 * scale] * 3 + [rotation_variance_rad2 * scale] * 3
+@dataclass(frozen=True)
+class OdometryLimits:
+    """The settings the bookkeeping reads per frame (all live node parameters; offline: the table's defaults)."""
+    confidence_threshold: float = DEFAULTS.confidence_threshold
+    tracking_degraded_fraction: float = DEFAULTS.tracking_degraded_fraction
+    tracking_lost_fraction: float = DEFAULTS.tracking_lost_fraction
+    position_variance_m2: float = DEFAULTS.position_variance_m2
+    rotation_variance_rad2: float = DEFAULTS.rotation_variance_rad2
+    translation_noise_m_per_sqrt_m: float = DEFAULTS.translation_noise_m_per_sqrt_m
+    rotation_noise_rad_per_sqrt_rad: float = DEFAULTS.rotation_noise_rad_per_sqrt_rad
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "OdometryLimits":
+        """The limits among `values` (e.g. the node's live parameters, or a SessionConfig's fields); missing
+        names keep the table's defaults."""
+        return cls(**{f.name: float(values[f.name]) for f in fields(cls) if f.name in values})
+
+    @classmethod
+    def from_config(cls, config: SessionConfig) -> "OdometryLimits":
+        return cls.from_values({f.name: getattr(config, f.name) for f in fields(cls)})
 
 
-def twist_covariance_diagonal(pose_variances: list[float], dt_s: float | None) -> list[float]:
-    """Variances of a finite-difference velocity between two poses with `pose_variances` each, dt_s apart;
-    9999 while unknown (first frame, or stamps not increasing)."""
-    if dt_s is None or dt_s <= 0:
+@dataclass(frozen=True)
+class IncrementVariance:
+    """Variances (m^2, rad^2) of one frame's pose increment under the random-walk model."""
+    translation_m2: float
+    rotation_rad2: float
+
+
+def increment_variance(delta: np.ndarray, fraction: float, limits: OdometryLimits) -> IncrementVariance:
+    """The random-walk variance of the increment `delta` (4x4, motion in the previous base frame) of a frame whose
+    confident fraction is `fraction`: noise**2 * size / fraction (see the module docstring)."""
+    scale = 1.0 / max(fraction, _MIN_FRACTION)
+    distance_m = float(np.linalg.norm(delta[:3, 3]))
+    angle_rad = geometry.rotation_angle_rad(delta[:3, :3])
+    return IncrementVariance(limits.translation_noise_m_per_sqrt_m ** 2 * distance_m * scale,
+                             limits.rotation_noise_rad_per_sqrt_rad ** 2 * angle_rad * scale)
+
+
+def twist_covariance_diagonal(increment: IncrementVariance | None, dt_s: float | None) -> list[float]:
+    """(vx, vy, vz, wx, wy, wz) variances of a velocity that is one increment over dt_s: the increment's variance
+    / dt^2, clamped to the sigma floor and ceiling; 9999 while unknown (`increment` None, dt unknown or below MIN_TWIST_DT_S)."""
+    if increment is None or dt_s is None or not dt_s >= MIN_TWIST_DT_S:
         return [LOST_VARIANCE] * 6
-    return [2.0 * v / (dt_s * dt_s) for v in pose_variances]
+    linear = min(max(increment.translation_m2 / dt_s ** 2, TWIST_SIGMA_FLOOR_MPS ** 2), TWIST_SIGMA_CEILING_MPS ** 2)
+    angular = min(max(increment.rotation_rad2 / dt_s ** 2, TWIST_SIGMA_FLOOR_RADPS ** 2),
+                  TWIST_SIGMA_CEILING_RADPS ** 2)
+    return [linear] * 3 + [angular] * 3
 
 
 def body_twist_from_poses(t_prev: np.ndarray, t_curr: np.ndarray, dt_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -77,24 +141,11 @@ def body_twist_from_poses(t_prev: np.ndarray, t_curr: np.ndarray, dt_s: float) -
 
 
 @dataclass(frozen=True)
-class OdometryLimits:
-    """The settings the bookkeeping reads per frame (all live node parameters; offline: the table's defaults)."""
-    confidence_threshold: float = DEFAULTS.confidence_threshold
-    tracking_degraded_fraction: float = DEFAULTS.tracking_degraded_fraction
-    tracking_lost_fraction: float = DEFAULTS.tracking_lost_fraction
-    position_variance_m2: float = DEFAULTS.position_variance_m2
-    rotation_variance_rad2: float = DEFAULTS.rotation_variance_rad2
-
-    @classmethod
-    def from_config(cls, config: SessionConfig) -> "OdometryLimits":
-        return cls(config.confidence_threshold, config.tracking_degraded_fraction, config.tracking_lost_fraction,
-                   config.position_variance_m2, config.rotation_variance_rad2)
-
-
-@dataclass(frozen=True)
 class OdometryEstimate:
-    """What one frame's odometry message and status report: T_odom_base (4x4, REP 103 base in the odometry
-    frame), twist in the base frame, diagonal covariances over (x, y, z, rot x, rot y, rot z)."""
+    """What one frame's odometry message, TF and status report: t_odom_base (4x4, REP 103 base in the odometry
+    frame; the held pose while lost), twist in the base frame, diagonal covariances over (x, y, z, rot x, rot y,
+    rot z). `holding`: the pose is the last good one held while tracking is lost; `model_t_odom_base`: the
+    engine's own pose for this frame (what it said, before the hold and re-anchoring)."""
     stamp_s: float
     t_odom_base: np.ndarray
     twist_linear_mps: np.ndarray
@@ -103,51 +154,104 @@ class OdometryEstimate:
     twist_covariance_diagonal: list[float]
     tracking_state: int
     confident_fraction: float
+    holding: bool = False
+    model_t_odom_base: np.ndarray | None = None
 
     @property
     def tracking_name(self) -> str:
         return TRACKING_NAMES[self.tracking_state]
 
+    @property
+    def summary(self) -> str:
+        """One line for status and diagnostics, e.g. 'lost; holding last good pose; confident 0.01'."""
+        hold = f"; {HOLDING_TEXT}" if self.holding else ""
+        return f"{self.tracking_name}{hold}; confident {self.confident_fraction:.2f}"
+
 
 class OdometryTracker:
-    """Turns each processed frame into an `OdometryEstimate` and keeps the odometry trajectory (compactly: the
-    engine's `Trajectory`, 104 bytes per frame). Not thread-safe: callers that read `trajectory` from another
-    thread hold their own lock around `update` and `reset`."""
+    """Turns each processed frame into an `OdometryEstimate` (hold while lost, re-anchor after, random-walk
+    covariance; module docstring) and keeps the published trajectory (compactly: the engine's `Trajectory`,
+    104 bytes per frame). Not thread-safe: callers that read `trajectory` from another thread hold their own
+    lock around `update` and `reset`."""
 
     def __init__(self) -> None:
-        self.trajectory = Trajectory()   # (stamp_s, T_odom_base) of every frame since the last reset
-        self._previous: tuple[float, np.ndarray] | None = None   # (stamp_s, T_odom_base) of the last frame
+        self.trajectory = Trajectory()   # (stamp_s, published T_odom_base) of every frame since the last reset
+        self.reset()
+
+    def reset(self) -> None:
+        """Odometry restarts (the engine restarted at identity): no previous pose (the next twist is unknown),
+        no held pose, the variance growth starts over, empty trajectory. A model-state reset that keeps the pose
+        (the engine's default) needs no call here: the pose, its variance and the twist continue."""
+        self._previous: tuple[float, np.ndarray] | None = None   # (stamp_s, published pose) of the last good frame
+        self._held: np.ndarray | None = None          # the pose published while lost (last good, or the origin)
+        self._model_at_held: np.ndarray | None = None  # the model's pose at that frame
+        self._correction = np.eye(4)   # T_published_model: identity until a re-anchoring after a loss
+        self._holding = False
+        self._position_growth_m2 = 0.0   # accumulated random-walk variances since the origin
+        self._rotation_growth_rad2 = 0.0
+        self.trajectory.clear()
+
+    @property
+    def holding(self) -> bool:
+        """True while tracking is lost and the last good pose is held."""
+        return self._holding
 
     def update(self, stamp_s: float, t_odom_base: np.ndarray, confidence: np.ndarray | None,
                limits: OdometryLimits = OdometryLimits()) -> OdometryEstimate:
-        """One frame: `t_odom_base` (FrameResult.base_in_odom), its self-view `confidence` (None: unknown, taken as
-        fully confident) and the current limits."""
-        t_odom_base = np.asarray(t_odom_base, dtype=np.float64)
+        """One frame: the engine's `t_odom_base` (FrameResult.base_in_odom), its self-view `confidence` (None:
+        unknown, taken as fully confident) and the current limits."""
+        t_model = np.asarray(t_odom_base, dtype=np.float64)
         if confidence is None:
             fraction, state = 1.0, TRACKING_OK
         else:
             fraction = confident_fraction(confidence, limits.confidence_threshold)
             state = tracking_state(fraction, limits.tracking_degraded_fraction, limits.tracking_lost_fraction)
-        pose_cov = pose_covariance_diagonal(fraction, state, limits.position_variance_m2,
-                                            limits.rotation_variance_rad2)
+        if self._held is None:   # the first frame since the origin: what is held until a good frame comes
+            self._held, self._model_at_held = self._correction @ t_model, t_model
+
+        if state == TRACKING_LOST:
+            self._holding = True
+            self._previous = None   # the twist across the loss is unknown
+            published = self._held.copy()
+            self.trajectory.append(stamp_s, published)
+            return OdometryEstimate(stamp_s=stamp_s, t_odom_base=published, twist_linear_mps=np.zeros(3),
+                                    twist_angular_radps=np.zeros(3), pose_covariance_diagonal=[LOST_VARIANCE] * 6,
+                                    twist_covariance_diagonal=[LOST_VARIANCE] * 6, tracking_state=state,
+                                    confident_fraction=fraction, holding=True, model_t_odom_base=t_model)
+
+        if self._holding:
+            # Re-anchor: this frame sits at the held pose; the model's motion across the gap is dropped and its
+            # size becomes uncertainty.
+            dropped = geometry.invert_se3(self._model_at_held) @ t_model
+            self._position_growth_m2 += float(np.sum(dropped[:3, 3] ** 2))
+            self._rotation_growth_rad2 += geometry.rotation_angle_rad(dropped[:3, :3]) ** 2
+            self._correction = self._held @ geometry.invert_se3(t_model)
+            self._holding = False
+        published = self._correction @ t_model
+
+        increment = None
         linear, angular, dt_s = np.zeros(3), np.zeros(3), None   # the twist is unknown until two poses exist
-        if self._previous is not None and stamp_s > self._previous[0]:
-            dt_s = stamp_s - self._previous[0]
-            linear, angular = body_twist_from_poses(self._previous[1], t_odom_base, dt_s)
-        self._previous = (stamp_s, t_odom_base)
-        self.trajectory.append(stamp_s, t_odom_base)
-        return OdometryEstimate(stamp_s=stamp_s, t_odom_base=t_odom_base, twist_linear_mps=linear,
-                                twist_angular_radps=angular, pose_covariance_diagonal=pose_cov,
-                                twist_covariance_diagonal=twist_covariance_diagonal(pose_cov, dt_s),
-                                tracking_state=state, confident_fraction=fraction)
+        if self._previous is not None:
+            increment = increment_variance(geometry.invert_se3(self._previous[1]) @ published, fraction, limits)
+            self._position_growth_m2 += increment.translation_m2
+            self._rotation_growth_rad2 += increment.rotation_rad2
+            if stamp_s - self._previous[0] >= MIN_TWIST_DT_S:   # closer stamps: the twist stays unknown
+                dt_s = stamp_s - self._previous[0]
+                linear, angular = body_twist_from_poses(self._previous[1], published, dt_s)
+        self._previous = (stamp_s, published)
+        self._held, self._model_at_held = published, t_model
+        self.trajectory.append(stamp_s, published)
+        position = limits.position_variance_m2 + self._position_growth_m2
+        rotation = limits.rotation_variance_rad2 + self._rotation_growth_rad2
+        return OdometryEstimate(stamp_s=stamp_s, t_odom_base=published, twist_linear_mps=linear,
+                                twist_angular_radps=angular,
+                                pose_covariance_diagonal=[position] * 3 + [rotation] * 3,
+                                twist_covariance_diagonal=twist_covariance_diagonal(increment, dt_s),
+                                tracking_state=state, confident_fraction=fraction, holding=False,
+                                model_t_odom_base=t_model)
 
     def update_from_result(self, result: Any, stamp_s: float,
                            limits: OdometryLimits = OdometryLimits()) -> OdometryEstimate:
         """`update` from an engine FrameResult (base_in_odom and the self-view confidence)."""
         return self.update(stamp_s, np.asarray(result.base_in_odom, dtype=np.float64),
                            np.asarray(result.confidence, dtype=np.float32), limits)
-
-    def reset(self) -> None:
-        """Odometry restarts: no previous pose (the next twist is unknown), empty trajectory."""
-        self._previous = None
-        self.trajectory.clear()

@@ -29,8 +29,12 @@ OFFLINE_CAMERA_FRAME = "camera_optical_frame"
 PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16", "bf16-fp32state", "fp16-fp32state")
 # The model's patch size: the input long side is cut into patches of this many pixels.
 PATCH_SIZE_PX = 16
-# The smallest input long side the model accepts: one patch (the engine refuses smaller sizes).
-MIN_IMAGE_SIZE_PX = PATCH_SIZE_PX
+# The smallest image_size a session accepts: the engine needs one patch on each side of the crop; at one patch
+# (16) any non-square frame (the 4:3 warm-up frame, every
+# camera) leaves a short side below one patch and every frame fails; two patches keep 16:9 and 4:3 frames runnable.
+MIN_RUNNABLE_IMAGE_SIZE_PX = 2 * PATCH_SIZE_PX
+# 8K UHD: generous for real cameras; a decoded 8K RGB frame is ~100 MB, a 20000x20000 one 1.2 GB
+MAX_IMAGE_PIXELS_8K = 7680 * 4320
 DEVICE_HELP = "auto (cuda if available, else cpu; the choice is logged), cpu, cuda or cuda:N"
 
 
@@ -69,7 +73,7 @@ class SessionConfig:
         "on CPU; fp32 = the parity path; bf16/fp16 cast the whole model once; *-fp32state keep the residual stream "
         "and the recurrent state in float32 (drift and speed: docs/speed_notes.md)",
         choices=PRECISION_CHOICES)
-    image_size: int = _setting(512, "model input long side in pixels (multiple of 16)", min_value=MIN_IMAGE_SIZE_PX,
+    image_size: int = _setting(512, "model input long side in pixels (multiple of 16)", min_value=MIN_RUNNABLE_IMAGE_SIZE_PX,
                                max_value=4096)
     reset_interval: int = _setting(0, "reset the recurrent state every N frames (0 = never)", min_value=0,
                                    max_value=1_000_000)
@@ -78,6 +82,11 @@ class SessionConfig:
     # The node always builds random weights with this default (it has no parameter for it).
     seed: int = _setting(0, "seed of the random weights (--random-weights / weights 'random')", min_value=0,
                          max_value=2**31 - 1, node_parameter=False)
+    # --- input ---
+    max_image_pixels: int = _setting(
+        MAX_IMAGE_PIXELS_8K, "input images with more pixels than this are refused before decoding (read from the "
+        "Image message's size or the PNG/JPEG header), counted in frames_rejected; default: 8K UHD (7680x4320)",
+        live=True, min_value=1, max_value=2**31 - 1)
     # --- map and outputs ---
     confidence_threshold: float = _setting(
         3.0, "points/depth below this self-view confidence become NaN (conf >= 1); also the tracking-state "
@@ -96,10 +105,19 @@ class SessionConfig:
     tracking_lost_fraction: float = _setting(
         0.05, "confident-pixel fraction below which tracking is LOST", live=True, min_value=0.0, max_value=1.0)
     position_variance_m2: float = _setting(
-        0.01, "pose position variance per frame at full confidence (grows as 1/confident fraction; 9999 when lost)",
-        live=True, min_value=1e-9, max_value=1e6)
-    rotation_variance_rad2: float = _setting(0.01, "pose rotation variance at full confidence", live=True,
-                                             min_value=1e-9, max_value=1e6)
+        1e-4, "pose position variance at the odometry origin (m^2); it grows from there with the distance "
+        "travelled (translation_noise_m_per_sqrt_m); 9999 while tracking is lost", live=True, min_value=1e-9,
+        max_value=1e6)
+    rotation_variance_rad2: float = _setting(
+        1e-4, "pose rotation variance at the odometry origin (rad^2); it grows from there with the angle turned "
+        "(rotation_noise_rad_per_sqrt_rad)", live=True, min_value=1e-9, max_value=1e6)
+    translation_noise_m_per_sqrt_m: float = _setting(
+        0.03, "random-walk position drift: sigma grows by this many metres per sqrt(metre) travelled (0.03: 3 cm "
+        "after 1 m, 30 cm after 100 m), per frame divided by the confident fraction; also sets the twist "
+        "covariance (one frame's increment / dt)", live=True, min_value=0.0, max_value=10.0)
+    rotation_noise_rad_per_sqrt_rad: float = _setting(
+        0.03, "random-walk rotation drift: sigma grows by this many radians per sqrt(radian) turned", live=True,
+        min_value=0.0, max_value=10.0)
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "SessionConfig":
@@ -150,6 +168,9 @@ def validate_value(name: str, value: Any) -> str | None:
         return f"{name}={value!r} is not a number"
     if info.choices and value not in info.choices:
         return f"{name}={value!r} is not one of {', '.join(info.choices)}"
+    if name == "image_size" and value < MIN_RUNNABLE_IMAGE_SIZE_PX:
+        return (f"image_size={value} outside [{info.min_value}, {info.max_value}]: the model cannot run it (a 4:3 "
+                f"frame at {value} px leaves a short side below one {PATCH_SIZE_PX} px patch)")
     if _is_number(default) and info.min_value is not None and not (info.min_value <= value <= info.max_value):
         return f"{name}={value} outside [{info.min_value}, {info.max_value}]"
     if name == "device":
@@ -160,6 +181,13 @@ def validate_value(name: str, value: Any) -> str | None:
         rules = update_rule_names()
         if value not in rules:
             return f"update_rule={value!r} is not one of {', '.join(rules)}"
+    if name == "model_config":
+        from ..model.config import ConfigError, load_model_config   # no torch: presets and the JSON reader
+
+        try:
+            load_model_config(str(value))
+        except (ConfigError, OSError, ValueError) as err:
+            return f"model_config={value!r}: {err}"
     if name == "image_size" and int(value) % PATCH_SIZE_PX:
         return f"image_size={value} must be a multiple of {PATCH_SIZE_PX} (the patch size)"
     if name in ("odom_frame", "base_frame") and not str(value).strip("/"):

@@ -39,6 +39,7 @@ import torch
 from ..atomic_io import atomic_write_bytes
 from ..engine import StreamingReconstructor
 from ..engine.stream_snapshot import StreamSnapshot
+from ..model.fast import PRECISION_DTYPES
 from .errors import SessionError
 
 SNAPSHOT_FORMAT = "ttt3r_ros session snapshot"
@@ -55,7 +56,6 @@ WEIGHTS_FULL_HASH_MAX_BYTES = 256 * 2**20
 WEIGHTS_HEAD_BYTES = 2**20
 WEIGHTS_SAMPLE_BLOCKS = 1024
 WEIGHTS_SAMPLE_BYTES = 64 * 2**10
-_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}  # model.fast's names
 
 
 class SnapshotError(SessionError):
@@ -164,12 +164,12 @@ def engine_provenance(engine: Any, model_config_name: str, weights: str) -> Snap
     precision and engine options as they run; ``weights`` from ``weights_id``."""
     config = engine.config
     model = engine.model
-    dtype = model.dtype
-    if dtype not in _DTYPE_NAMES:
-        raise SnapshotError(f"snapshot: model dtype {dtype} is not one of the precisions {sorted(_DTYPE_NAMES.values())}")
+    names = {dtype: name for name, dtype in PRECISION_DTYPES.items()}
+    if model.dtype not in names:
+        raise SnapshotError(f"snapshot: model dtype {model.dtype} is not one of the precisions {sorted(names.values())}")
     return SnapshotProvenance(
         model_config_name=str(model_config_name), model_config=model.cfg.to_json_dict(), weights=weights,
-        update_rule=config.update_rule, precision=_DTYPE_NAMES[dtype], image_size=int(config.size),
+        update_rule=config.update_rule, precision=names[model.dtype], image_size=int(config.size),
         reset_interval=None if config.reset_interval is None else int(config.reset_interval),
         voxel_size_m=float(config.voxel_size), map_max_points=int(config.map_max_points))
 
@@ -337,7 +337,11 @@ def load_snapshot(path: str | os.PathLike[str], engine: Any, provenance: Snapsho
                   stream: int = 0) -> Snapshot:
     """Read, validate and check ``path`` against ``provenance`` (this session's), then replace stream ``stream`` of
     ``engine`` with it. On any refusal (SnapshotError) the engine is unchanged."""
-    snapshot = read_snapshot(path)
+    return apply_snapshot(read_snapshot(path), engine, provenance, stream=stream)
+
+
+def apply_snapshot(snapshot: Snapshot, engine: Any, provenance: SnapshotProvenance, *, stream: int = 0) -> Snapshot:
+    """``load_snapshot`` for a snapshot already read (``read_snapshot``)."""
     check_compatible(snapshot, provenance)
     try:
         target = _stream_of(engine, stream)

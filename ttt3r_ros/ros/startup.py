@@ -1,0 +1,55 @@
+"""Process start of ttt3r_node: the persistent compile cache and the signals that end the node.
+
+Compile cache: torch.compile (inductor) and Triton cache their kernels in TORCHINDUCTOR_CACHE_DIR /
+TRITON_CACHE_DIR; their own default lives in /tmp, which a reboot empties, so every boot recompiled (tens of
+seconds on a GPU). The node sets them, when the user has not, to a folder under the user's cache directory
+(``$XDG_CACHE_HOME/ttt3r_ros/compile_cache``, else ``~/.cache/ttt3r_ros/compile_cache``) or the parameter
+``compile_cache_dir``.
+
+Signals: rclpy turns SIGINT and SIGTERM into a context shutdown (the executor stops, ``main`` cleans up). SIGHUP
+(a closed terminal or ssh session) would kill the process at once; a Python handler turns it into the same shutdown.
+Python runs signal handlers in the main thread between bytecodes only, so ``spin_until_shutdown`` spins in slices
+(a thread blocked in the executor's C wait would otherwise never run the handler).
+"""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any, Callable, Mapping, MutableMapping
+
+INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
+TRITON_ENV = "TRITON_CACHE_DIR"
+
+
+def default_compile_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ttt3r_ros" / "compile_cache"
+
+
+def apply_compile_cache(parameter_value: str, environ: MutableMapping[str, str] = os.environ) -> str:
+    """Point the compile caches at a persistent folder unless the user already chose one; returns a line for the log.
+    Called before the model is built (inductor reads the variables when it first compiles)."""
+    if environ.get(INDUCTOR_ENV):
+        return f"compile cache: {environ[INDUCTOR_ENV]} (from ${INDUCTOR_ENV})"
+    folder = (Path(os.path.expanduser(parameter_value)) if parameter_value.strip()
+              else default_compile_cache_dir(environ))
+    folder.mkdir(parents=True, exist_ok=True)
+    environ[INDUCTOR_ENV] = str(folder)
+    environ.setdefault(TRITON_ENV, str(folder / "triton"))
+    source = "parameter compile_cache_dir" if parameter_value.strip() else "default"
+    return f"compile cache: {folder} ({source})"
+
+
+def route_hangup(shutdown: Callable[[], None]) -> None:
+    """Call ``shutdown`` (in the main thread) when SIGHUP arrives; call from the main thread."""
+    signal.signal(signal.SIGHUP, lambda signum, frame: shutdown())
+
+
+SPIN_SLICE_S = 0.25   # longest delay before a SIGHUP is acted on
+
+
+def spin_until_shutdown(executor: Any, is_running: Callable[[], bool]) -> None:
+    """``executor.spin()`` in slices of SPIN_SLICE_S while ``is_running()`` (see the module docstring)."""
+    while is_running():
+        executor.spin_once(timeout_sec=SPIN_SLICE_S)
