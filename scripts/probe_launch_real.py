@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Run launch/live.launch.py and launch/bag.launch.py through the REAL ROS 2 `launch` / `launch_ros` (not CI).
 
-CI checks the launch files with stand-ins for the launch API (test/test_launch_files.py), because `launch` and
-`launch_ros` have no wheels (PyPI's `launch` is an unrelated project). This probe runs them the way
-`ros2 launch ttt3r_ros <file> k:=v ...` does (ros2launch.api.launch_a_launch_file), against an install prefix built
-by the package's own CMakeLists.txt, with the tiny model on the CPU, and checks:
+CI checks the launch files with stand-ins for the launch API (test/support/launch_standins.py, used by
+test/test_launch_live.py and test/test_launch_bag.py), because `launch` and `launch_ros` have no wheels (PyPI's
+`launch` is an unrelated project). This probe runs them the way `ros2 launch ttt3r_ros <file> k:=v ...` does
+(ros2launch.api.launch_a_launch_file), against an install prefix built by the package's own CMakeLists.txt, with
+the tiny model on the CPU, and checks:
   live-params-file   a params file with `weights:` (and no weights launch argument) configures and activates the node
   live-override      a launch argument given on the command line (device:=cpu) beats the params file (device: cuda)
   live-namespace     namespace:=r1 puts the node at /r1/ttt3r_node with its topics remapped

@@ -10,6 +10,15 @@ Fixtures for other test files:
                   reference data files (reference_data.py owns the lookup rule): the test is skipped when the file is
                   missing, and fails instead when TTT3R_REQUIRE_REFERENCE=1 (as .ci/run sets)
   ros_env         a fresh dict of environment variables for subprocesses that use rclpy
+  tiny_config, tiny_model
+                  the tiny model's ModelConfig (from tiny_config_file) and that model built with seed 0 (one per test
+                  module; read its weights, do not change them)
+  box_room_seq    the standard synthetic box-room sequence of the engine tests (support/box_room.py; read-only)
+  live_node, replay_node
+                  ttt3r_node processes over DDS, one per test module (support/node_session.py: keep-latest raw-image
+                  node at /live, in-order JPEG node at /replay)
+  launch_api      stand-ins for ROS 2 `launch` / `launch_ros` on sys.path for one test (support/launch_standins.py;
+                  skips where the real ones are importable); play a launch file with support.launch_standins.LaunchRun
   ros_scripts     starts Python scripts as separate processes with ros_env and a hard timeout:
                       proc = ros_scripts.start(path, "--arg", timeout_s=20)   # returns at once
                       result = proc.wait()      # ScriptResult(returncode, stdout, stderr, timed_out)
@@ -28,11 +37,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
 import reference_data
+from support import launch_standins
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FASTDDS_PROFILE = Path(sys.prefix) / "share" / "ttt3r_ros_dev" / "fastdds_localhost_shm.xml"
@@ -66,6 +76,46 @@ def parity_file() -> Path:
 def tiny_config_file() -> Path:
     """parity_tiny.json, the tiny model configuration; skips or fails when it is missing (reference_data.py)."""
     return reference_data.tiny_config_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tiny_config_file: Path) -> Any:
+    from ttt3r_ros.model import load_model_config  # here, not at the top: the model loads torch
+
+    return load_model_config(tiny_config_file)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_config: Any) -> Any:
+    from ttt3r_ros.model import build_model
+
+    return build_model(tiny_config, seed=0)
+
+
+@pytest.fixture(scope="module")
+def box_room_seq() -> Any:
+    from support.box_room import box_room_sequence  # here, not at the top: it loads torch, which most tests never need
+
+    return box_room_sequence()
+
+
+@pytest.fixture(scope="module")
+def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from support import node_session  # here, not at the top: it needs rclpy, which a ROS-free install lacks
+
+    yield from node_session.live_session(tmp_path_factory.mktemp("live"))
+
+
+@pytest.fixture(scope="module")
+def replay_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from support import node_session
+
+    yield from node_session.replay_session(tmp_path_factory.mktemp("replay"))
+
+
+@pytest.fixture
+def launch_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    yield from launch_standins.install(tmp_path, monkeypatch)
 
 
 @pytest.fixture

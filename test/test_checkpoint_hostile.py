@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_checkpoint import make_official_pth  # the official pickle layout (OmegaConf-style args, epoch)
-from ttt3r_ros.model import build_model, load_model_config
+from support.official_checkpoint import make_official_pth  # the official pickle layout (OmegaConf-style args, epoch)
+from ttt3r_ros.model import build_model
 from ttt3r_ros.model.checkpoint import (CheckpointError, load_checkpoint, load_weights, save_safetensors)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,11 +28,6 @@ FAIL_FAST_S = 5.0  # a refusal reads integers only: well under a second even on 
 ALIAS = "downstream_head.dpt_self.scratch.layer_rn.0.weight"
 ORIGINAL = "downstream_head.dpt_self.scratch.layer1_rn.weight"
 HUGE = (10**6, 10**6)
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tiny_config_file):
-    return load_model_config(tiny_config_file)
 
 
 def expanded_alias_pth(path: Path, monkeypatch, **save_kwargs) -> None:

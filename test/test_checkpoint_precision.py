@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from test_checkpoint import N_ALIASES, make_official_pth
-from ttt3r_ros.model import build_model, load_model_config
+from support.official_checkpoint import N_ALIASES, make_official_pth
+from ttt3r_ros.model import build_model
 from ttt3r_ros.model.checkpoint import (META_DTYPE, convert_checkpoint, load_checkpoint, load_weights,
                                         save_safetensors)
 from ttt3r_ros.model.factory import set_precision
@@ -31,16 +31,6 @@ HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # above allocator noise, small enough to write and convert in seconds.
 MEDIUM = {"enc_embed_dim": 256, "enc_depth": 4, "enc_num_heads": 4, "dec_embed_dim": 256, "dec_depth": 6,
           "dec_num_heads": 4, "state_dec_num_heads": 4}
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tiny_config_file):
-    return load_model_config(tiny_config_file)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_config):
-    return build_model(tiny_config, seed=0)
 
 
 def model_in(config, dtype: torch.dtype, head_dtype: torch.dtype) -> TTT3RModel:

@@ -1,5 +1,6 @@
 """Memory stays flat over a long run: the voxel map stays under its cap and Python-side allocations (tracemalloc:
-numpy arrays, Python objects) do not grow with the frame count, apart from the documented trajectory buffers."""
+numpy arrays, Python objects) do not grow with the frame count, apart from the documented trajectory buffers; the
+live torch tensors keep their count and storage bytes after the warm-up."""
 from __future__ import annotations
 
 import gc
@@ -36,9 +37,18 @@ def _traced_bytes_without_trajectory(eng: StreamingReconstructor) -> int:
     return sum(t.size for t in snapshot.traces if t.size >= SMALL_OBJECT_BYTES) - _trajectory_bytes(eng)
 
 
-def _live_tensors() -> int:
+def _live_tensors() -> tuple[int, int]:
+    """(count, storage bytes) of the live tensors and parameters: the engine's and the stand-in's state."""
     gc.collect()
-    return sum(1 for obj in gc.get_objects() if type(obj) is torch.Tensor)
+    count = total = 0
+    for obj in gc.get_objects():
+        if type(obj) in (torch.Tensor, torch.nn.Parameter):
+            count += 1
+            try:
+                total += obj.untyped_storage().nbytes()
+            except (RuntimeError, NotImplementedError):  # sparse / nested tensors have no plain storage: counted only
+                pass
+    return count, total
 
 
 def test_memory_is_flat_over_300_steps_with_the_map_on():
@@ -79,5 +89,5 @@ def test_memory_is_flat_over_300_steps_with_the_map_on():
     assert marks[-1] - marks[0] < (STEPS - WARMUP) * LEAK_BYTES_PER_STEP, \
         f"Python-side allocations grew by {marks[-1] - marks[0]} bytes over {STEPS - WARMUP} steps"
     assert max(map_bytes) <= MAP_CAP * 200, f"voxel map storage {max(map_bytes)} bytes for a cap of {MAP_CAP}"
-    assert _live_tensors() == base_tensors
+    assert _live_tensors() == base_tensors, "live tensors (count, bytes) changed after the warm-up"
     assert eng.frames_processed == STEPS and len(eng.trajectory) == STEPS

@@ -1,6 +1,6 @@
 """The shipped examples for using ttt3r_node with other ROS packages, checked statically (those packages are not
 installed here): config/robot_localization_ekf.yaml (robot_localization's EKF) and launch/rtabmap_rgbd.launch.py
-(rtabmap's RGB-D input), played through the launch stand-ins of test_launch_files.py."""
+(rtabmap's RGB-D input), played through the launch stand-ins of support/launch_standins.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from test_launch_files import REPO, LaunchRun, launch_api  # noqa: F401  (launch_api: the stand-ins' fixture)
+from support.launch_standins import REPO, LaunchRun
 from ttt3r_ros.ros.parameters import SPECS
 
 # robot_localization's 15-entry sensor config vector, in its order

@@ -1,7 +1,7 @@
 """launch_testing test of launch/live.launch.py for a full ROS 2 installation (colcon test / launch_test).
 
 Where `launch_testing` cannot be imported (pip-wheel ROS 2 as in this project's CI), the module is skipped with
-that reason; test_launch_files.py then checks the same launch file with recorded launch actions and a real node
+that reason; test_launch_live.py then checks the same launch file with recorded launch actions and a real node
 process.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 launch_testing = pytest.importorskip(
     "launch_testing", reason="launch_testing not importable (no ROS 2 launch install here); "
-    "test_launch_files.py covers live.launch.py with stand-in launch actions and a real node process")
+    "test_launch_live.py covers live.launch.py with stand-in launch actions and a real node process")
 
 import launch  # noqa: E402
 import launch_testing.actions  # noqa: E402

@@ -1,5 +1,5 @@
 """build_model: deterministic random init, loading weights from a file, precision. Errors for missing or bad
-weights files belong to the checkpoint loader that build_model calls: test_checkpoint.py."""
+weights files belong to the checkpoint loader that build_model calls: test_checkpoint_*.py."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -91,3 +91,21 @@ def test_kept_node_is_reset_and_measured_again_with_only_odom_subscribed(tmp_pat
     assert set(first["topics_received"]) == set(node_bench.ALL_OUTPUT_TOPICS)
     assert set(second["topics_received"]) == {"odom"}
     assert second["topics_received"]["odom"] == second["frames"]["processed"]
+
+
+def test_status_of_a_node_that_is_still_configuring_is_waited_for_not_an_error() -> None:
+    """The node publishes /diagnostics in every lifecycle state; during a long configure (the full model compiling on
+    a GPU) that status has no frame counters. The bench must wait for the active status, and still refuse an active
+    status that lacks them (a renamed counter must not go unnoticed)."""
+    from ttt3r_ros.ros import health
+    from std_msgs.msg import Header
+
+    configuring = health.lifecycle_diagnostics("unconfigured", "", Header(), "/n/ttt3r_node").status[0]
+    assert node_bench._diagnostic_counters(configuring) is None
+    active = health.diagnostics(health.HealthSummary(frames_received=5, frames_processed=4), Header(),
+                                "/n/ttt3r_node").status[0]
+    counters = node_bench._diagnostic_counters(active)
+    assert counters is not None and counters["frames_received"] == 5 and counters["frames_processed"] == 4
+    active.values = [kv for kv in active.values if kv.key != "frames_dropped"]
+    with pytest.raises(node_bench.BenchError, match="frames_dropped"):
+        node_bench._diagnostic_counters(active)

@@ -2,7 +2,7 @@
 engine's exact synthetic room and its OracleNetwork in place of the weights, so the expected motion is known:
 a camera moving along its optical +z must give odometry +x (REP 103: x forward, y left, z up), turning left must
 give a positive yaw, and odom -> base_link starts at identity. The node runs in this process; its publishers are
-replaced by recorders after activation (the DDS transport itself is covered by test_node_dds.py).
+replaced by recorders after activation (the DDS transport itself is covered by test_node_dds_*.py).
 """
 from __future__ import annotations
 

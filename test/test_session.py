@@ -95,7 +95,7 @@ def test_open_session_refuses_bad_settings_and_missing_weights_with_reasons() ->
     assert "image_size=70 must be a multiple of 16" in str(err.value) and "precision='fp8'" in str(err.value)
     with pytest.raises(SessionError, match="no model weights.*weights:=random"):
         open_session(SessionConfig(**TINY))   # the node's rule: an empty `weights` is an error, no environment
-    with pytest.raises(SessionError, match="model_config no_such_preset"):
+    with pytest.raises(SessionError, match="model_config='no_such_preset': unknown model config"):
         open_session(SessionConfig(weights="random", **{**TINY, "model_config": "no_such_preset"}))
 
 
@@ -123,7 +123,8 @@ def test_tracker_twist_tracking_state_and_trajectory() -> None:
     # random walk: noise^2 * size / fraction on top of the floor
     k_t, k_r = DEFAULTS.translation_noise_m_per_sqrt_m, DEFAULTS.rotation_noise_rad_per_sqrt_rad
     np.testing.assert_allclose(second.pose_covariance_diagonal[:3], DEFAULTS.position_variance_m2 + k_t**2 * 0.2 / 0.25)
-    np.testing.assert_allclose(second.pose_covariance_diagonal[3:], DEFAULTS.rotation_variance_rad2 + k_r**2 * 0.1 / 0.25)
+    np.testing.assert_allclose(second.pose_covariance_diagonal[3:],
+                               DEFAULTS.rotation_variance_rad2 + k_r**2 * 0.1 / 0.25)
     # the twist: that one increment's variance over dt^2 (not the absolute pose's)
     np.testing.assert_allclose(second.twist_covariance_diagonal[:3], k_t**2 * 0.2 / 0.25 / 0.5**2)
     np.testing.assert_allclose(second.twist_covariance_diagonal[3:], k_r**2 * 0.1 / 0.25 / 0.5**2)
@@ -237,6 +238,24 @@ def test_lost_tracking_holds_the_last_good_pose_and_re_anchors_after() -> None:
     np.testing.assert_allclose(after.t_odom_base, held @ step, atol=1e-12)
     np.testing.assert_allclose(after.twist_linear_mps, [0.5, 0.0, 0.0], atol=1e-9)
     assert len(tracker.trajectory) == 10   # the held poses are in the trajectory: what was published
+
+
+def test_a_new_model_chunk_continues_from_the_last_pose() -> None:
+    """~/reset: the model's first pose of a new chunk is only nearly identity, so the engine's pose can jump;
+    odometry continues from the last pose instead and adds the chunk's own motion from there."""
+    tracker = OdometryTracker()
+    before = _drive(tracker, [_pose(0.0, 0.1 * i) for i in range(4)])
+    jumped = _pose(0.2, 0.3 + 0.5)   # the engine's pose for the chunk's first frame: 0.5 m and 0.2 rad off
+    first = tracker.update(1.0, jumped, None, new_chunk=True)
+    np.testing.assert_allclose(first.t_odom_base, before[-1].t_odom_base, atol=1e-12)
+    assert first.twist_covariance_diagonal == [odometry.LOST_VARIANCE] * 6 and not first.holding
+    assert first.pose_covariance_diagonal[0] > before[-1].pose_covariance_diagonal[0]   # the jump is uncertainty
+    step = geometry.make_se3(np.eye(3), [0.1, 0.0, 0.0])
+    second = tracker.update(1.1, jumped @ step, None)
+    np.testing.assert_allclose(second.t_odom_base, before[-1].t_odom_base @ step, atol=1e-12)
+    # the very first frame (also a chunk start) has nothing to continue from: taken as it is
+    fresh = OdometryTracker().update(0.0, _pose(0.0, 2.0), None, new_chunk=True)
+    np.testing.assert_allclose(fresh.t_odom_base, _pose(0.0, 2.0))
 
 
 def test_lost_from_the_first_frame_holds_the_origin() -> None:

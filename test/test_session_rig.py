@@ -332,3 +332,55 @@ def test_tiny_model_one_model_for_cameras_of_two_image_sizes() -> None:
     assert all(np.isfinite(health[n].latency_ms) for n in rig.camera_names)
     assert len(rig.voxel_map) > 0
     assert [rig.engine.frames_processed(s) for s in range(3)] == [3, 2, 3]
+
+
+def _tiny_rig(names: list[str]) -> CameraRig:
+    from ttt3r_ros.session.build import open_session
+    from ttt3r_ros.session.settings import SessionConfig
+
+    session = open_session(SessionConfig(model_config="tiny", image_size=64, device="cpu", warmup_frames=0,
+                                         weights="random", confidence_threshold=1.0))
+    rig = CameraRig(session.new_batched_engine(len(names), build_map=False), names,
+                    on_invalid=session.handle_invalid)
+    for name, mount in zip(names, MOUNTS):
+        rig.set_extrinsic(name, mount)
+    return rig
+
+
+def test_camera_models_pass_through_undistorted_and_one_of_another_size_is_ignored() -> None:
+    from ttt3r_ros.engine.camera_model import CameraModel
+
+    rig = _tiny_rig(["front", "left"])
+    k = pinhole(FOCAL, H, W)
+    distorted = CameraModel.create(k, [-0.2, 0.05, 0.0, 0.0, 0.0], "plumb_bob", W, H)
+    other_size = CameraModel.create(pinhole(FOCAL, 2 * H, 2 * W), [], "plumb_bob", 2 * W, 2 * H)
+    rng = np.random.default_rng(1)
+    rig.put("front", RigFrame(rng.integers(0, 255, (H, W, 3), dtype=np.uint8), 0.0, camera_model=distorted))
+    rig.put("left", RigFrame(rng.integers(0, 255, (H, W, 3), dtype=np.uint8), 0.0, camera_model=other_size))
+    step = rig.step()
+    assert [o.camera for o in step.outputs] == ["front", "left"] and not step.rejected
+    # the distorted camera was undistorted: its calibration is the undistorted camera's, not K
+    k_used = step.output("front").result.intrinsics_input
+    assert np.allclose(k_used, distorted.new_camera_matrix) and not np.allclose(k_used, k)
+    assert "front" not in step.notes
+    assert "differs from the image size" in step.notes["left"]
+    # a frame with both a K and a camera model is refused (for that camera alone)
+    rig.put("front", RigFrame(rng.integers(0, 255, (H, W, 3), dtype=np.uint8), 0.1, intrinsics=k,
+                              camera_model=distorted))
+    rig.put("left", RigFrame(rng.integers(0, 255, (H, W, 3), dtype=np.uint8), 0.1))
+    step = rig.step()
+    assert "both intrinsics and a camera model" in step.rejected["front"]
+    assert [o.camera for o in step.outputs] == ["left"]
+
+
+def test_warm_up_steps_every_batch_size_then_starts_clean() -> None:
+    rig = _tiny_rig(["front", "left", "back"])
+    assert rig.warm_up(1, (H, W)) > 0
+    assert [rig.engine.frames_processed(s) for s in range(3)] == [0, 0, 0]
+    assert all(len(rig.engine.trajectory_of(s)) == 0 for s in range(3))
+    assert len(rig.voxel_map) == 0 and all(h.frames_processed == 0 for h in rig.health().values())
+    rig.put("front", RigFrame(np.zeros((H, W, 3), dtype=np.uint8), 0.0))
+    step = rig.step()
+    assert step.odometry is not None and np.allclose(step.odometry.t_odom_base, np.eye(4), atol=1e-6)
+    with pytest.raises(RuntimeError, match="before the first frame"):
+        rig.warm_up(1, (H, W))

@@ -14,7 +14,7 @@ Merging rules (documented contract):
 Per-``add`` work is vectorised: the incoming points are reduced to one entry per voxel with torch on their own
 device (GPU if they live there), then merged on the host through a sorted key index (a large sorted main index plus
 a small sorted delta index that is folded in when it grows, so inserting is not O(map size) per frame). Fast paths
-that change no result (test_engine_synthetic compares them bit for bit): validity is checked on the whole batch
+that change no result (test_engine_voxel_map compares them bit for bit): validity is checked on the whole batch
 first (per-point masks only when something is out of range or non-finite), the per-frame sort runs on frame-local
 int32 keys when the frame spans <= 1290 voxels per axis, and revisited voxels are updated without boolean gathers.
 """

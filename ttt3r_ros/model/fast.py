@@ -83,11 +83,12 @@ PRECISIONS: dict[str, Precision] = {
 PRECISION_DTYPES: dict[str, torch.dtype] = {name: p.weights for name, p in PRECISIONS.items()
                                             if p.weights == p.stream == p.heads}
 PRECISION_NAMES: tuple[str, ...] = ("auto", *PRECISIONS)
-# What 'auto' means on CUDA. fp16: the same speed as bf16 with a quarter of autocast-bf16's drift on KITTI
-# (issue 11; confirm with the drift table in docs/speed_notes.md); its overflow risk on real weights is guarded by the
-# session (`overflow_fallback`). Elsewhere 'auto' is fp32 (on a CPU reduced precision is not faster; fp32 is the
-# parity path).
-CUDA_DEFAULT_PRECISION = "fp16"
+# What 'auto' means on CUDA. fp16-fp32state: fp16 matmuls with the residual stream and recurrent state in float32;
+# on an H200 over 2,000 frames it drifts 0.14-0.27x as much as autocast-bf16 at 0.99x bf16's speed, while plain fp16
+# and bf16 drift grows with the sequence (docs/speed_notes.md, "Precision and drift"). Its fp16 overflow risk on real
+# weights is guarded by the session (Session.handle_invalid). Elsewhere 'auto' is fp32 (on a CPU reduced precision is
+# not faster; fp32 is the parity path).
+CUDA_DEFAULT_PRECISION = "fp16-fp32state"
 # Where a float16 precision goes after a non-finite output or state (session.build.Session.handle_invalid): bf16's
 # exponent range is float32's, so a float16 overflow cannot recur, at the fast path's speed (fp32 would be ~8x
 # slower); its float32 stream and state keep autocast's accuracy where the bf16 trunk alone did not.

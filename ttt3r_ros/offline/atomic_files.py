@@ -1,4 +1,4 @@
-"""JSON reports (run.json, eval.json) written atomically through the engine's `exports.atomic_write`
+"""JSON reports (run.json, eval.json) written atomically through the package's one writer, `ttt3r_ros.atomic_io`
 (temporary file + fsync + rename), so a crash or Ctrl-C never leaves a half-written file."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.exports import atomic_write
+from ..atomic_io import atomic_write
 
 
 def _json_default(value: Any) -> Any:

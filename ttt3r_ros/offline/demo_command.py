@@ -14,10 +14,11 @@ from typing import Any
 
 import cv2
 
+from ..atomic_io import atomic_write
 from ..engine import exports
 from ..engine.synthetic import make_sequence
 from ..session.build import PLUMBING_LABEL, WEIGHTS_ENV, SessionError, checkpoint_help, resolve_weights
-from ..session.settings import DEFAULT_MODEL_CONFIG, DEFAULTS, DEVICE_HELP, PRECISION_CHOICES
+from ..session.settings import DEFAULT_MODEL_CONFIG, DEFAULTS, DEVICE_HELP, PRECISION_CHOICES, setting_info
 from .errors import OfflineInputError
 from .eval_command import evaluate_files
 from .make_bag_command import make_bag
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=10.0, help="frame rate of the rendered sequence")
     parser.add_argument("--device", default=DEFAULTS.device, help=DEVICE_HELP)
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULTS.precision,
-                        help="auto: bf16 on CUDA (the fast path), fp32 on CPU; fp32 is the parity path")
+                        help=setting_info("precision").description)
     parser.add_argument("--no-bag", action="store_true", help="do not write the sequence as a rosbag2 too")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -59,10 +60,10 @@ def write_sequence(folder: Path, n_frames: int, height: int, width: int, fps: fl
         ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         if not ok:
             raise RuntimeError("OpenCV could not encode a PNG")
-        exports.atomic_write(rgb_dir / name, lambda handle, data=encoded: handle.write(data.tobytes()))
+        atomic_write(rgb_dir / name, lambda handle, data=encoded: handle.write(data.tobytes()))
         lines.append(f"{stamp:.6f} rgb/{name}")
     text = "\n".join(lines) + "\n"
-    exports.atomic_write(folder / "rgb.txt", lambda handle: handle.write(text.encode()))
+    atomic_write(folder / "rgb.txt", lambda handle: handle.write(text.encode()))
     gt_path = folder / "groundtruth.tum"
     exports.write_tum(gt_path, timestamps, sequence.camera_to_world)
     k = sequence.intrinsics
@@ -70,7 +71,7 @@ def write_sequence(folder: Path, n_frames: int, height: int, width: int, fps: fl
                    f"camera_matrix:\n  rows: 3\n  cols: 3\n  data: {[float(v) for v in k.reshape(-1)]}\n"
                    "distortion_model: plumb_bob\ndistortion_coefficients:\n  rows: 1\n  cols: 5\n"
                    "  data: [0.0, 0.0, 0.0, 0.0, 0.0]\n")
-    exports.atomic_write(folder / "camera.yaml", lambda handle: handle.write(camera_yaml.encode()))
+    atomic_write(folder / "camera.yaml", lambda handle: handle.write(camera_yaml.encode()))
     return {"folder": folder, "groundtruth": gt_path, "intrinsics": k, "camera_yaml": folder / "camera.yaml",
             "frames": n_frames}
 

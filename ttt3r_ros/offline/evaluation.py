@@ -16,7 +16,7 @@ from evo.core import filters, metrics, sync
 from evo.core.trajectory import PosePath3D, PoseTrajectory3D
 from evo.tools import file_interface
 
-from ..engine.exports import atomic_write
+from ..atomic_io import atomic_write
 from .errors import OfflineInputError
 
 FORMATS = ("auto", "tum", "kitti")

@@ -208,6 +208,23 @@ def float_image(values: np.ndarray, header: Any) -> bytes:
     return _with_payload(wr.prefix(), arr)
 
 
+def rgb8_image(colours: np.ndarray, header: Any) -> bytes:
+    """HxWx3 uint8 -> serialized sensor_msgs/Image, rgb8, step = 3 * width (as conversions.numpy_to_image)."""
+    arr = np.ascontiguousarray(colours, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"rgb8 needs an HxWx3 array, got shape {arr.shape}")
+    h, w = arr.shape[:2]
+    wr = _Writer()
+    wr.header(header)
+    wr.u32(h)
+    wr.u32(w)
+    wr.string("rgb8")
+    wr.u8(0)
+    wr.u32(3 * w)
+    wr.u32(arr.nbytes)
+    return _with_payload(wr.prefix(), arr)
+
+
 def point_cloud(points_xyz: np.ndarray, colours_uint8: np.ndarray, confidence: np.ndarray, header: Any,
                 confidence_threshold: float | None = None) -> bytes:
     """Serialized sensor_msgs/PointCloud2 in message_codec's layout (the same as conversions.point_cloud)."""

@@ -39,6 +39,7 @@ class FrameQueue(Generic[T]):
         self._items: collections.deque[T] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._getters_waiting = 0   # worker threads inside get() (the keep-latest intake takes an image only then)
         self.counters = QueueCounters()
 
     def put(self, item: T) -> bool:
@@ -67,14 +68,36 @@ class FrameQueue(Generic[T]):
     def get(self, timeout_s: float | None = None) -> T | None:
         """Next frame, or None on timeout / after close()."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._closed or bool(self._items), timeout=timeout_s):
-                return None
+            self._getters_waiting += 1
+            if not self._items:
+                self._cond.notify_all()   # wakes an intake waiting for demand (wait_for_demand)
+            try:
+                if not self._cond.wait_for(lambda: self._closed or bool(self._items), timeout=timeout_s):
+                    return None
+            finally:
+                self._getters_waiting -= 1
             if not self._items:
                 return None
             item = self._items.popleft()
             self.counters.taken += 1
             self._cond.notify_all()
             return item
+
+    def wait_for_demand(self, timeout_s: float) -> bool:
+        """Keep-latest intake: wait until a worker waits in get() with nothing queued; False on timeout or close."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._closed or (self._getters_waiting > 0 and not self._items),
+                timeout=timeout_s) and not self._closed
+
+    def count_dropped_upstream(self, n: int) -> None:
+        """`n` frames that reached the node's input but were replaced before being queued (keep-latest: a newer image
+        overwrote them in the subscription's history while the worker was busy): received and dropped."""
+        if n <= 0:
+            return
+        with self._cond:
+            self.counters.received += n
+            self.counters.dropped += n
 
     def clear(self) -> int:
         """Drop waiting frames (e.g. on deactivate); returns how many, which are counted as dropped."""

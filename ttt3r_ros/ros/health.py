@@ -9,6 +9,8 @@ from std_msgs.msg import Header
 
 from ttt3r_ros.session.odometry import TRACKING_DEGRADED, TRACKING_INITIALIZING, TRACKING_LOST, TRACKING_NAMES
 
+SESSION_FRESH = "fresh"   # the `session` value of a node that did not resume a snapshot (ros/session_io.py)
+
 
 @dataclass
 class HealthSummary:
@@ -38,6 +40,7 @@ class HealthSummary:
     device: str = ""
     focal_disagreement: float = float("nan")   # |f_network / f_calibrated - 1| (session.focal_health); NaN: none
     message: str = "waiting for images"
+    session: str = SESSION_FRESH        # or "resumed from PATH (after frame N, saved UTC)": resume_session
 
     def level(self) -> bytes:
         if self.tracking_state == TRACKING_LOST:
@@ -68,9 +71,32 @@ def diagnostics(summary: HealthSummary, header: Header, node_name: str) -> Diagn
         "confident_fraction": f"{summary.confident_fraction:.3f}", "confidence_mean": f"{summary.confidence_mean:.3f}",
         "gate_mean": f"{summary.gate_mean:.3f}", "resets": summary.resets, "map_points": summary.map_points,
         "paused": summary.paused, "device": summary.device,
-        "focal_disagreement": f"{summary.focal_disagreement:.3f}",
+        "focal_disagreement": f"{summary.focal_disagreement:.3f}", "session": summary.session,
     }
     status.values = [KeyValue(key=k, value=str(v)) for k, v in pairs.items()]
+    array = DiagnosticArray()
+    array.header = header
+    array.status = [status]
+    return array
+
+
+def lifecycle_diagnostics(lifecycle_state: str, configure_error: str, header: Header, node_name: str,
+                          device: str = "") -> DiagnosticArray:
+    """/diagnostics while the node is not active (the per-frame summary exists only while active): ERROR with the
+    reason after a failed configure, WARN while unconfigured or inactive (no odometry is produced)."""
+    status = DiagnosticStatus()
+    status.name = f"{node_name}: odometry"
+    status.hardware_id = device
+    if configure_error:
+        status.level = DiagnosticStatus.ERROR
+        status.message = f"{lifecycle_state}: configure failed: {configure_error}"
+    else:
+        status.level = DiagnosticStatus.WARN
+        waiting = {"unconfigured": "waiting for configure (lifecycle)", "inactive": "configured, waiting for activate",
+                   "finalized": "shut down"}.get(lifecycle_state, "not active")
+        status.message = f"{lifecycle_state}: {waiting}; no odometry"
+    status.values = [KeyValue(key="lifecycle_state", value=lifecycle_state),
+                     KeyValue(key="configure_error", value=configure_error)]
     array = DiagnosticArray()
     array.header = header
     array.status = [status]

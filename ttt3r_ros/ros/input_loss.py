@@ -24,13 +24,10 @@ class InputLossCounter:
     def note(self, info: Mapping[str, Any] | None) -> int:
         """One message taken, with its MessageInfo; returns how many of its publisher's messages were skipped
         since the previous one (0 when the RMW gives no sequence number)."""
-        if not info:
+        identity = _publisher_sequence(info)
+        if identity is None:
             return 0
-        sequence = info.get("publication_sequence_number")
-        gid = info.get("publisher_gid")
-        if not sequence or gid is None:
-            return 0
-        key = bytes(gid.get("data", b"")) if isinstance(gid, Mapping) else bytes(gid)
+        key, sequence = identity
         with self._lock:
             last = self._last_sequence.get(key)
             self._last_sequence[key] = max(sequence, last or 0)
@@ -42,6 +39,20 @@ class InputLossCounter:
                 self._last_sequence = {key: self._last_sequence[key]}
             return skipped
 
+    def skip_to(self, info: Mapping[str, Any] | None) -> int:
+        """The publisher's messages before this one were dropped on purpose (keep-latest: a newer one replaced them
+        in the subscription's history): advance past them without counting a gap; returns how many there were."""
+        identity = _publisher_sequence(info)
+        if identity is None:
+            return 0
+        key, sequence = identity
+        with self._lock:
+            last = self._last_sequence.get(key)
+            if last is None or sequence <= last + 1:
+                return 0
+            self._last_sequence[key] = sequence - 1
+            return sequence - last - 1
+
     def on_message_lost(self, event: Any) -> None:
         """rclpy message-lost event callback (QoSMessageLostInfo)."""
         with self._lock:
@@ -51,3 +62,14 @@ class InputLossCounter:
         """Forget the publishers (a new subscription: its first message is not a gap)."""
         with self._lock:
             self._last_sequence.clear()
+
+
+def _publisher_sequence(info: Mapping[str, Any] | None) -> tuple[bytes, int] | None:
+    """(publisher GID, publication sequence number) of a MessageInfo, or None when the RMW gives none."""
+    if not info:
+        return None
+    sequence = info.get("publication_sequence_number")
+    gid = info.get("publisher_gid")
+    if not sequence or gid is None:
+        return None
+    return (bytes(gid.get("data", b"")) if isinstance(gid, Mapping) else bytes(gid)), int(sequence)

@@ -6,8 +6,8 @@ unconfigured and alive), activate subscribes and starts the inference worker, de
 it, cleanup frees the model (and CUDA memory). `autostart` runs configure + activate at start.
 
 Threads (issue 11: the node keeps up with the model):
-- executor threads: the image callback receives the serialized bytes (`raw=True`) and only enqueues them, so a frame
-  that keep-latest then drops costs no deserialisation; services, timers and camera_info run in other groups;
+- the intake ("ttt3r_intake", ros/intake.py): takes images and camera_info from rcl itself, off the executor, as
+  serialized bytes; keep-latest takes an image only when the worker asks; the executor serves services and timers;
 - the worker ("ttt3r_worker"): parses and decodes the frame it takes (ros/cdr.py, numpy), steps the engine (without
   the map), publishes the small per-frame outputs (odom, /tf, status) and hands the result on to
 - the output thread ("ttt3r_outputs"): points, depth, depth/camera_info and confidence built as serialized CDR with
@@ -42,15 +42,18 @@ from builtin_interfaces.msg import Time
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
+from ttt3r_ros.ros import camera_frames
 from ttt3r_ros.ros import conversions as conv
-from ttt3r_ros.ros import cdr, health, parameters, qos, save_paths, startup
+from ttt3r_ros.ros import cdr, health, parameters, qos, save_paths, session_io, startup
 from ttt3r_ros.ros import name_guard as name_guard_module
 from ttt3r_ros.ros.frame_queue import FrameQueue
 from ttt3r_ros.ros.input_loss import InputLossCounter
+from ttt3r_ros.ros.intake import ImageIntake, image_history_depth
 from ttt3r_ros.ros.latest_worker import LatestWorker
 from ttt3r_ros.ros.static_tf import ExtrinsicLookup
 from ttt3r_ros.session import odometry
@@ -58,9 +61,14 @@ from ttt3r_ros.session.camera_calibration import camera_model_from_camera_info
 from ttt3r_ros.session.image_codec import calibration_for_image
 from ttt3r_ros.session.focal_health import FocalHealth
 from ttt3r_ros.session.odometry import OdometryEstimate, OdometryLimits, OdometryTracker
+from ttt3r_ros.session.settings import DEFAULTS
 
 NODE_NAME = "ttt3r_node"
+AUTOSTART_EXIT_WAIT_S = 120.0   # longest wait at exit for an autostart configure still loading (a GPU compile)
 _THROTTLE_S = 2.0
+# Said where the configure log names the weights (README "Checkpoint").
+CHECKPOINT_LICENCE = ("the official CUT3R checkpoint (and files converted from it) is licensed CC BY-NC-SA 4.0: "
+                      "non-commercial use only")
 
 
 @dataclass
@@ -114,15 +122,27 @@ class Ttt3rNode(LifecycleNode):
         self._engine_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._map_lock = threading.Lock()   # the voxel map: fed by the map thread, read by map_points and save_map
+        # held by the worker over a whole frame (engine step to odometry update), so ~/save_session copies a consistent
+        # engine + odometry (ros/session_io.py)
+        self._frame_lock = threading.Lock()
         self._last_logged: dict[str, float] = {}
         self.configure_started = threading.Event()
+        self.exit_status = 0   # main's exit status: 1 after a failed configure with exit_on_configure_failure
+        self._lifecycle = "unconfigured"   # the state /diagnostics reports (lifecycle callbacks keep it)
+        self._configure_error = ""         # why the last configure failed ("" after a success)
         self._reset_entities()
+        # /diagnostics in every lifecycle state: a plain publisher and a steady timer of the node itself (lifecycle
+        # publishers publish only while active), so an unconfigured or failed node still says what it is waiting for
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS_QOS)
+        self._diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics, callback_group=self._service_group,
+                                                    clock=self._timer_clock)
 
     # ------------------------------------------------------------------------------------------ state
     def _reset_entities(self) -> None:
         self._configured = False   # configure succeeded and no cleanup since (configure-time parameters locked)
         self._session: Any = None   # ttt3r_ros.session.build.Session: the model, its device and precision
         self._engine: Any = None
+        self._multi: Any = None     # ros/multi_camera.MultiCamera when `cameras` is set (then _engine stays None)
         self._device = ""
         self._p: dict[str, Any] = {}
         self._pubs: dict[str, Any] = {}
@@ -132,6 +152,7 @@ class Ttt3rNode(LifecycleNode):
         self._extrinsic: ExtrinsicLookup | None = None
         self._queue: FrameQueue[_Frame] | None = None
         self._worker: threading.Thread | None = None
+        self._intake: ImageIntake | None = None   # takes the images and camera_info off the executor
         self._outputs: LatestWorker[_DenseOutputs] | None = None
         self._mapper: LatestWorker[_MapUpdate] | None = None
         self._input_loss = InputLossCounter()
@@ -155,6 +176,7 @@ class Ttt3rNode(LifecycleNode):
         self._rejected = 0
         self._processed = 0
         self._frame_index = 0
+        self._resumed: session_io.ResumeInfo | None = None   # resume_session applied at configure (None: fresh)
 
     def _log_throttled(self, level: str, text: str, period_s: float = _THROTTLE_S, key: str | None = None) -> None:
         """Log each distinct message (or `key`) at most once per period. rclpy's own throttle is per call site,
@@ -179,7 +201,7 @@ class Ttt3rNode(LifecycleNode):
         if errors:
             for e in errors:
                 self.get_logger().error(f"configure failed: invalid parameter: {e}")
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed("invalid parameter: " + "; ".join(errors))
         self._p = parameters.values(self)
         try:
             self.get_logger().info(startup.apply_compile_cache(str(self._p["compile_cache_dir"])))
@@ -187,33 +209,67 @@ class Ttt3rNode(LifecycleNode):
         except Exception as exc:  # any load problem must leave the node unconfigured, not dead
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
             self._free_model()
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed(f"{type(exc).__name__}: {exc}")
         self._create_outputs()
+        try:
+            self._resumed = session_io.resume_at_configure(self)   # resume_session ("" = start fresh)
+        except Exception as exc:  # a snapshot that does not fit leaves the node unconfigured, like a bad checkpoint
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self._destroy_outputs()
+            self._free_model()
+            return self._configure_failed(f"{type(exc).__name__}: {exc}")
         self._configured = True
+        self._configure_error = ""
+        self._lifecycle = "inactive"
+        weights = self._p["weights"]
+        licence = "" if weights == "random" else f"; {CHECKPOINT_LICENCE}"
         self.get_logger().info(
-            f"configured: model {self._p['model_config']} ({self._p['weights']}), update_rule "
+            f"configured: model {self._p['model_config']} ({weights}{licence}), update_rule "
             f"{self._p['update_rule']}, device {self._device}, {self._p['precision']}, "
             f"camera extrinsic via {self._extrinsic.backend if self._extrinsic else '-'}")
+        problem = camera_frames.invert_tf_problem(bool(self.get_parameter("invert_tf").value),
+                                                  bool(self.get_parameter("publish_tf").value),
+                                                  self._p["odom_frame"], self._p["base_frame"],
+                                                  DEFAULTS.odom_frame, DEFAULTS.base_frame)
+        if problem:
+            self.get_logger().warning(problem)
         return TransitionCallbackReturn.SUCCESS
+
+    def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
+        """The node stays unconfigured and says why on /diagnostics (ERROR); with exit_on_configure_failure the
+        process ends with status 1 instead (for launch respawn, systemd, containers)."""
+        self._configure_error = reason
+        self._lifecycle = "unconfigured"
+        self._publish_diagnostics()
+        if self.get_parameter("exit_on_configure_failure").value:
+            self.get_logger().error("exit_on_configure_failure: ending the process with exit status 1")
+            self.exit_status = 1
+            # after the transition's answer has gone out (this runs inside the change_state service or autostart)
+            threading.Timer(0.5, rclpy.try_shutdown).start()
+        return TransitionCallbackReturn.FAILURE
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self._p
+        if self._multi is not None:   # several cameras: their subscriptions and the rig's worker
+            self._running, self._active_since_s, self._last_image_wall_s = True, time.monotonic(), None
+            self._multi.activate()
+            self._lifecycle = "active"
+            return super().on_activate(state)
         self._queue = FrameQueue(process_all=bool(p["process_all_frames"]), max_size=int(p["queue_size"]))
         in_qos = qos.input_qos(p["input_qos"], int(p["input_qos_depth"]))
         self._input_loss = InputLossCounter()
-        # raw=True: the callback gets the serialized bytes; only the frames the worker takes are parsed
-        lost = SubscriptionEventCallbacks(message_lost=self._input_loss.on_message_lost)
-        if p["image_transport"] == "compressed":
-            self._subs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image,
-                                                       in_qos, callback_group=self._input_group, raw=True,
-                                                       event_callbacks=lost))
-        else:
-            self._subs.append(self.create_subscription(Image, "image", self._on_image, in_qos,
-                                                       callback_group=self._input_group, raw=True,
-                                                       event_callbacks=lost))
-        if p["use_camera_info"]:
-            self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, in_qos,
-                                                       callback_group=self._service_group))
+        # images and camera_info are taken by the intake thread, never by the executor (ros/intake.py); the image
+        # callback gets the serialized bytes and only the frames the worker takes are parsed
+        compressed = p["image_transport"] == "compressed"
+        self._intake = ImageIntake(
+            self, CompressedImage if compressed else Image, "image/compressed" if compressed else "image",
+            qos.input_qos(p["input_qos"], image_history_depth(bool(p["process_all_frames"]),
+                                                               int(p["input_qos_depth"]))),
+            self._on_image, self._queue, self._input_loss,
+            camera_info_type=CameraInfo if p["use_camera_info"] else None, camera_info_topic="camera_info",
+            camera_info_qos=in_qos, on_camera_info=self._on_camera_info,
+            event_callbacks=SubscriptionEventCallbacks(message_lost=self._input_loss.on_message_lost))
+        self._subs.extend(self._intake.subscriptions)
         self._running = True
         self._active_since_s = time.monotonic()
         self._last_image_wall_s = None
@@ -229,10 +285,12 @@ class Ttt3rNode(LifecycleNode):
         self.get_logger().info(
             f"active: subscribed to {topic} ({p['input_qos']} QoS), "
             f"{'process_all_frames (in order)' if p['process_all_frames'] else 'keep-latest frame policy'}")
+        self._lifecycle = "active"
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_input()
+        self._lifecycle = "inactive"
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -240,10 +298,12 @@ class Ttt3rNode(LifecycleNode):
         self._destroy_outputs()
         self._free_model()
         self._reset_entities()
+        self._lifecycle = "unconfigured"
         self.get_logger().info("cleaned up: model freed")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._lifecycle = "finalized"
         self._stop_input()
         self._destroy_outputs()
         self._free_model()
@@ -255,6 +315,7 @@ class Ttt3rNode(LifecycleNode):
         self._destroy_outputs()
         self._free_model()
         self._reset_entities()
+        self._lifecycle = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     # ------------------------------------------------------------------------------------ model
@@ -268,6 +329,11 @@ class Ttt3rNode(LifecycleNode):
             self.get_logger().warning("weights:=random: deterministic random initialisation, outputs are meaningless")
         self._session = session
         self._device = str(session.device)
+        if p["cameras"]:   # several cameras, one model: a batched engine over a camera rig (ros/multi_camera.py)
+            from ttt3r_ros.ros.multi_camera import MultiCamera
+
+            self._multi = MultiCamera(self, session)
+            return
         # The live engine is made once, here (this validates the engine options now): the warm-up runs on it at the
         # camera's frame size, so the CUDA graphs it captures are the ones the frames replay; it then restarts its
         # stream (clean state, empty map) and takes the camera mount (T_base_camera) at the first frame.
@@ -323,6 +389,7 @@ class Ttt3rNode(LifecycleNode):
     def _free_model(self) -> None:
         with self._engine_lock:
             self._engine = None
+            self._multi = None
             session, self._session = self._session, None
         if session is not None:
             session.close()
@@ -342,8 +409,10 @@ class Ttt3rNode(LifecycleNode):
             "depth": pub(Image, "depth/image", qos.STREAM_OUTPUT_QOS),
             "depth_info": pub(CameraInfo, "depth/camera_info", qos.STREAM_OUTPUT_QOS),
             "confidence": pub(Image, "confidence/image", qos.STREAM_OUTPUT_QOS),
+            "rgb": pub(Image, "rgb/image", qos.STREAM_OUTPUT_QOS),
             "status": pub(Status, "status", qos.ODOM_QOS),
-            "diagnostics": pub(DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS_QOS),
+            # camera_is_base: base_frame -> the camera's optical frame (latched, as tf2_ros' static broadcaster)
+            "tf_static": pub(TFMessage, "/tf_static", qos.LATCHED_QOS),
         }
         self._status_type = Status
         self._tf_type = TFMessage
@@ -352,13 +421,14 @@ class Ttt3rNode(LifecycleNode):
         g = self._service_group
         self._srv_handles = [
             srv(Trigger, "~/reset", self._srv_reset, callback_group=g),
+            srv(Trigger, "~/reset_odometry", self._srv_reset_odometry, callback_group=g),
             srv(Trigger, "~/pause", self._srv_pause, callback_group=g),
             srv(Trigger, "~/resume", self._srv_resume, callback_group=g),
             srv(SaveToFile, "~/save_map", self._srv_save_map, callback_group=g),
             srv(SaveToFile, "~/save_trajectory", self._srv_save_trajectory, callback_group=g),
+            srv(SaveToFile, "~/save_session", self._srv_save_session, callback_group=g),
         ]
         self._timer_handles = [
-            self.create_timer(1.0, self._publish_diagnostics, callback_group=g, clock=self._timer_clock),
             self.create_timer(float(self._p["map_publish_period_s"]), self._publish_map, callback_group=g,
                               clock=self._timer_clock),
             self.create_timer(float(self._p["path_publish_period_s"]), self._publish_path, callback_group=g,
@@ -366,8 +436,12 @@ class Ttt3rNode(LifecycleNode):
         ]
         self._extrinsic = ExtrinsicLookup(self)
         self._summary = health.HealthSummary(device=self._device)
+        if self._multi is not None:
+            self._multi.create_outputs()   # the dense outputs move under each camera: <camera>/points ...
 
     def _destroy_outputs(self) -> None:
+        if self._multi is not None:
+            self._multi.destroy_outputs()
         for t in self._timer_handles:
             self.destroy_timer(t)
         for s in self._srv_handles:
@@ -379,6 +453,11 @@ class Ttt3rNode(LifecycleNode):
         self._timer_handles, self._srv_handles, self._pubs, self._extrinsic = [], [], {}, None
 
     def _stop_input(self) -> None:
+        if self._multi is not None:
+            self._multi.stop()
+        intake, self._intake = self._intake, None
+        if intake is not None:
+            intake.stop()   # its thread ends before its subscriptions (in _subs) are destroyed
         for s in self._subs:
             self.destroy_subscription(s)
         self._subs = []
@@ -430,7 +509,8 @@ class Ttt3rNode(LifecycleNode):
             if frame is None:
                 continue
             try:
-                self._process(frame)
+                with self._frame_lock:
+                    self._process(frame)
             except Exception as exc:  # a bad frame or a failed step must never kill the worker
                 self._rejected += 1
                 self._summary.message = f"frame failed: {type(exc).__name__}: {exc}"
@@ -462,33 +542,57 @@ class Ttt3rNode(LifecycleNode):
         return conv.image_to_rgb(msg, max_pixels)
 
     def _camera_extrinsic(self, camera_frame: str) -> np.ndarray | None:
-        """T_base_camera (camera optical -> base), cached once found (rigid mount)."""
-        from ttt3r_ros.engine import geometry
-
+        """T_base_camera (camera optical -> base), cached once found (rigid mount). With camera_is_base the node
+        publishes it on /tf_static itself (`camera_frame` is then the optical frame name, see _output_camera_frame)."""
         if self._t_base_cam is not None and self._t_base_cam_frame == camera_frame:
             return self._t_base_cam
+        base = self._p["base_frame"]
         if self._p["camera_is_base"]:
-            # The camera *is* the body: base_frame sits at the camera with REP 103 axes.
-            t = geometry.T_BODY_FROM_OPTICAL.copy()
+            # The camera *is* the body: base_frame sits at the camera with REP 103 axes; publish that mount so the
+            # optical-frame outputs (points, depth, confidence, rgb) resolve in TF.
+            t, parent, child = camera_frames.camera_is_base_transform(base, camera_frame)
+            self._pubs["tf_static"].publish(self._tf_type(transforms=[
+                conv.transform_stamped(t, Header(stamp=self.get_clock().now().to_msg(), frame_id=parent), child)]))
         else:
-            t = self._extrinsic.lookup(self._p["base_frame"], camera_frame) if self._extrinsic else None
+            t = self._extrinsic.lookup(base, camera_frame) if self._extrinsic else None
             if t is None:
                 now = time.monotonic()
-                if self._extrinsic_wait_since is None:
+                first = self._extrinsic_wait_since is None
+                if first:
                     self._extrinsic_wait_since = now
-                if now - self._extrinsic_wait_since >= float(self._p["extrinsic_timeout_s"]):
+                # said at the first frame that misses it (not after extrinsic_timeout_s of silent rejections), then
+                # repeated (throttled) while it stays missing
+                if first or now - self._extrinsic_wait_since >= float(self._p["extrinsic_timeout_s"]):
                     known = self._extrinsic.known_frames() if self._extrinsic else []
                     self._log_throttled(
                         "warn",
-                        f"no transform {self._p['base_frame']} -> {camera_frame} in TF (known static frames: "
-                        f"{known}); frames are skipped. Publish the camera mount (URDF or static_transform_publisher)"
+                        f"no transform {base} -> {camera_frame} in TF yet (known static frames: {known}); frames "
+                        f"are skipped until it appears. Publish the camera mount (URDF or static_transform_publisher)"
                         f" or set camera_is_base:=true if the camera itself is the robot body",
-                        period_s=_THROTTLE_S * 5)
+                        period_s=_THROTTLE_S * 5, key="extrinsic missing")
                 return None
+        problem = camera_frames.body_frame_problem(camera_frame, base, None if self._p["camera_is_base"] else t)
+        if problem:
+            self._log_throttled("error", problem, period_s=60.0, key="body frame")
         self._t_base_cam, self._t_base_cam_frame = t, camera_frame
-        self.get_logger().info(f"camera extrinsic {self._p['base_frame']} -> {camera_frame}: "
-                               f"t={np.round(t[:3, 3], 4).tolist()}")
+        self.get_logger().info(f"camera extrinsic {base} -> {camera_frame}: t={np.round(t[:3, 3], 4).tolist()}"
+                               f"{' (camera_is_base: published on /tf_static)' if self._p['camera_is_base'] else ''}")
         return t
+
+    def _output_camera_frame(self, image_frame: str) -> str:
+        """The optical frame the outputs are stamped with: camera_frame, else the image's frame_id; with
+        camera_is_base a frame_id equal to base_frame (a frame cannot be its own child) becomes
+        <base_frame>_optical_frame, which the node publishes under base_frame."""
+        frame = (self._p["camera_frame"] or image_frame).lstrip("/")
+        if frame and self._p["camera_is_base"]:
+            named = camera_frames.optical_frame_name(frame, self._p["base_frame"])
+            if named != frame:
+                self._log_throttled(
+                    "warn", f"camera_is_base: the image frame_id {frame!r} is the base frame; the optical-frame "
+                    f"outputs use {named!r} (published as {self._p['base_frame']} -> {named} on /tf_static). Set "
+                    f"camera_frame:={named} to silence this", period_s=60.0, key="camera is base frame name")
+            return named
+        return frame
 
     def _process(self, frame: _Frame) -> None:
         t_worker_start = time.monotonic()
@@ -501,7 +605,7 @@ class Ttt3rNode(LifecycleNode):
             self._summary.message = f"rejected input image: {exc}"
             self._log_throttled("error", self._summary.message)
             return
-        camera_frame = (p["camera_frame"] or msg.header.frame_id).lstrip("/")
+        camera_frame = self._output_camera_frame(msg.header.frame_id)
         if not camera_frame:
             self._rejected += 1
             self._summary.message = "image header.frame_id is empty and parameter camera_frame is not set"
@@ -541,7 +645,8 @@ class Ttt3rNode(LifecycleNode):
                 self._rejected += 1
                 self._summary.message = (f"image frame_id {camera_frame!r} differs from the stream's camera "
                                          f"{self._engine_camera_frame!r} (the first frame_id seen); frame ignored "
-                                         "(one camera per node; ~/reset lets the next frame's camera take over)")
+                                         "(one camera per node; ~/reset_odometry lets the next frame's camera take "
+                                         "over)")
                 self._log_throttled("error", self._summary.message)
                 return
             # Session.step: an invalid (non-finite) result goes through the precision guard
@@ -566,13 +671,13 @@ class Ttt3rNode(LifecycleNode):
         confidence = np.asarray(result.confidence, dtype=np.float32)
         live = self._live_values()
         thr = float(live["confidence_threshold"])
-        limits = OdometryLimits(confidence_threshold=thr,
-                                tracking_degraded_fraction=float(live["tracking_degraded_fraction"]),
-                                tracking_lost_fraction=float(live["tracking_lost_fraction"]),
-                                position_variance_m2=float(live["position_variance_m2"]),
-                                rotation_variance_rad2=float(live["rotation_variance_rad2"]))
+        limits = OdometryLimits.from_values(live)
         with self._state_lock:   # the trajectory is read by ~/save_trajectory from a service thread
-            estimate = self._odometry.update(stamp_s, t_odom_base, confidence, limits)
+            # bounded (oldest dropped); set per frame so a trajectory swapped in (a resumed session) is bounded too
+            self._odometry.trajectory.set_max_poses(int(p["trajectory_max_poses"]))
+            # a frame that starts a chunk after ~/reset continues from the last pose (session/odometry.py)
+            estimate = self._odometry.update(stamp_s, t_odom_base, confidence, limits,
+                                             new_chunk=bool(result.was_reset))
         state, confident_fraction = estimate.tracking_state, estimate.confident_fraction
 
         odom_header = Header(stamp=stamp, frame_id=p["odom_frame"])
@@ -609,7 +714,7 @@ class Ttt3rNode(LifecycleNode):
         s.queue_wait_ms = (t_worker_start - frame.received_wall_s) * 1e3
         s.map_points = int(map_size)
         s.paused = self._paused
-        s.message = f"{odometry.TRACKING_NAMES[state]}; confident {confident_fraction:.2f}"
+        s.message = estimate.summary   # e.g. "lost; holding last good pose; confident 0.01"
         if self._invalid:   # status has no field for it: say it in every message (diagnostics: frames_invalid)
             s.message += f"; {self._invalid} invalid frame(s) (non-finite output) not published"
         s.focal_disagreement = focal_disagreement
@@ -637,11 +742,12 @@ class Ttt3rNode(LifecycleNode):
         st.map_points = s.map_points
         st.message = s.message
         st.focal_disagreement = s.focal_disagreement
+        st.resumed = self._resumed is not None
         self._pubs["status"].publish(st)
         if state == odometry.TRACKING_LOST:
             self._log_throttled("warn", f"tracking lost: only {confident_fraction:.1%} of pixels are confident "
-                                f"(threshold {thr}); odometry covariance set to {odometry.LOST_VARIANCE}",
-                                key="tracking lost")
+                                f"(threshold {thr}); {odometry.HOLDING_TEXT} (odom and TF), covariance "
+                                f"{odometry.LOST_VARIANCE}", key="tracking lost")
 
     def _publish_pose(self, estimate: OdometryEstimate, header: Header) -> None:
         p = self._p
@@ -678,17 +784,18 @@ class Ttt3rNode(LifecycleNode):
             self._path_dirty = False
         pub.publish(path)
 
-    def _publish_dense(self, job: _DenseOutputs) -> None:
+    def _publish_dense(self, job: _DenseOutputs, pubs: dict[str, Any] | None = None) -> None:
         """Output thread: points, depth (+ camera_info) and confidence, built as serialized CDR, only when someone
-        listens."""
-        pubs = self._pubs
+        listens. pubs: the publishers to use (a camera's with `cameras`; default the node's)."""
+        pubs = self._pubs if pubs is None else pubs
         if not pubs:
             return
         result, header, thr = job.result, job.header, job.confidence_threshold
         want_points = pubs["points"].get_subscription_count() > 0
         want_depth = pubs["depth"].get_subscription_count() > 0 or pubs["depth_info"].get_subscription_count() > 0
         want_conf = pubs["confidence"].get_subscription_count() > 0
-        if not (want_points or want_depth or want_conf):
+        want_rgb = pubs["rgb"].get_subscription_count() > 0
+        if not (want_points or want_depth or want_conf or want_rgb):
             return
         confidence = np.asarray(result.confidence, dtype=np.float32)
         if want_points:
@@ -701,10 +808,20 @@ class Ttt3rNode(LifecycleNode):
             h, w = depth.shape
             # the network's own camera (its focal estimate), not the calibration: back-projecting this depth with
             # it gives the points it came from (`points`); D = 0, the input was undistorted before the model
-            pubs["depth_info"].publish(conv.camera_info_from_intrinsics(np.asarray(result.intrinsics_network), h, w,
-                                                                        header))
+            k_network = np.asarray(result.intrinsics_network, dtype=np.float64)
+            if np.all(np.isfinite(k_network)) and k_network[0, 0] > 0 and k_network[1, 1] > 0:
+                pubs["depth_info"].publish(conv.camera_info_from_intrinsics(k_network, h, w, header))
+            else:
+                # K[0] = 0 means "uncalibrated" to every REP 118 consumer: a degenerate estimate is not published
+                self._log_throttled("warn", f"depth/camera_info not published: the network's focal estimate is "
+                                    f"degenerate (fx={k_network[0, 0]:.3g}, fy={k_network[1, 1]:.3g})",
+                                    key="degenerate focal")
         if want_conf:
             pubs["confidence"].publish(cdr.float_image(confidence, header))
+        if want_rgb:
+            # the colour the model saw (its input resolution): pixel-aligned with depth/image, same stamp and frame,
+            # so rtabmap's rgbd_sync takes the pair as one registered RGB-D frame
+            pubs["rgb"].publish(cdr.rgb8_image(np.asarray(result.colour), header))
 
     def _update_map(self, job: _MapUpdate) -> None:
         """Map thread: the frame's confident points into its stream's voxel map (the engine owns the rule)."""
@@ -718,8 +835,18 @@ class Ttt3rNode(LifecycleNode):
     # ------------------------------------------------------------------------------------ timers
     @_guarded
     def _publish_diagnostics(self) -> None:
-        pub = self._pubs.get("diagnostics")
-        if pub is None or not self._running:
+        pub = getattr(self, "_diagnostics_pub", None)
+        if pub is None:
+            return
+        if not self._running:
+            # unconfigured (waiting, or after a failed configure: ERROR with the reason) or inactive
+            pub.publish(health.lifecycle_diagnostics(self._lifecycle, self._configure_error,
+                                                     Header(stamp=self.get_clock().now().to_msg()),
+                                                     self.get_fully_qualified_name(), self._device))
+            return
+        if self._multi is not None:   # the primary's odometry status and one status per camera
+            pub.publish(self._multi.diagnostics(Header(stamp=self._last_header.stamp if self._frame_index
+                                                       else self.get_clock().now().to_msg())))
             return
         s = self._summary
         if self._queue is not None:
@@ -749,7 +876,7 @@ class Ttt3rNode(LifecycleNode):
         pub = self._pubs.get("map_points")
         if pub is None or not self._running or not self._map_dirty or pub.get_subscription_count() == 0:
             return
-        if self._engine is None:
+        if self._engine is None and self._multi is None:
             return
         with self._map_lock:
             self._map_dirty = False
@@ -761,6 +888,8 @@ class Ttt3rNode(LifecycleNode):
         """Voxel map (points, uint8 colours, confidences) in odom_frame; call with _map_lock held."""
         from ttt3r_ros.engine import geometry
 
+        if self._multi is not None:   # the rig's map is kept in odom
+            return self._multi.map_in_odom()
         vm = self._engine.voxel_map
         pts, cols, confs = vm.points(), vm.colours(), vm.confidences()
         # The engine's world is the first camera's optical frame and odom is the first base frame, so
@@ -771,6 +900,27 @@ class Ttt3rNode(LifecycleNode):
     # ------------------------------------------------------------------------------------ services
     @_guarded
     def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """The model's state restarts (a new chunk, as reset_interval does); odometry continues from the last pose
+        (REP 105: odom is continuous), so odom -> base_link does not jump; the map, path and trajectory are kept."""
+        with self._engine_lock:
+            if self._session is None:
+                response.success, response.message = False, "not configured"
+                return response
+            if self._engine is not None:
+                self._engine.reset(restart_odometry=False)   # the new chunk starts at the last frame's pose
+            if self._multi is not None:
+                self._multi.reset(restart_odometry=False)    # every camera's stream
+        # (resets are counted when the engine reports the new chunk at the next frame)
+        response.success = True
+        response.message = ("state reset: the next frame starts a new chunk; odometry continues from the last pose "
+                            "(~/reset_odometry restarts it at identity)")
+        self.get_logger().info(response.message)
+        return response
+
+    @_guarded
+    def _srv_reset_odometry(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Everything starts over: model state, odometry at identity (odom -> base_link jumps back), path,
+        trajectory, map and the camera lock."""
         with self._engine_lock:
             if self._session is None:
                 response.success, response.message = False, "not configured"
@@ -778,6 +928,8 @@ class Ttt3rNode(LifecycleNode):
             if self._engine is not None:
                 # state, trajectory and map start over; the next frame is the identity pose of odom_frame
                 self._engine.reset(restart_odometry=True)
+            if self._multi is not None:
+                self._multi.reset(restart_odometry=True)   # every camera; the mounts stay (a rigid rig)
             # the camera lock goes too: the next frame's camera (frame_id) owns the restarted stream, so a stray
             # frame that locked the stream first no longer keeps the real camera out
             self._engine_camera_frame = ""
@@ -788,8 +940,8 @@ class Ttt3rNode(LifecycleNode):
         # (resets are counted when the engine reports the new chunk at the next frame)
         self._summary.tracking_state = odometry.TRACKING_INITIALIZING
         response.success = True
-        response.message = ("state reset: the next frame starts a new chunk, odometry restarts at identity, "
-                            "path and map are cleared")
+        response.message = ("odometry reset: the next frame starts a new chunk, odometry restarts at identity, "
+                            "path, trajectory and map are cleared")
         self.get_logger().info(response.message)
         return response
 
@@ -797,6 +949,7 @@ class Ttt3rNode(LifecycleNode):
     def _srv_pause(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self._paused = True
         n = self._queue.clear() if self._queue is not None else 0
+        n += self._multi.clear() if self._multi is not None else 0
         response.success, response.message = True, f"paused: incoming frames are ignored ({n} waiting dropped)"
         self.get_logger().info(response.message)
         return response
@@ -834,7 +987,9 @@ class Ttt3rNode(LifecycleNode):
             with self._engine_lock:
                 if self._session is None:
                     raise RuntimeError("node is not configured")
-                if self._engine is None or not self._engine_camera_frame:
+                processed = (self._multi.has_processed() if self._multi is not None
+                             else self._engine is not None and bool(self._engine_camera_frame))
+                if not processed:
                     raise RuntimeError("no frame processed yet: the map is empty")
                 with self._map_lock:
                     pts, cols, confs = self._map_in_odom()   # same frame as map_points
@@ -855,11 +1010,15 @@ class Ttt3rNode(LifecycleNode):
             path = self._resolve_path(request.path, "default_trajectory_path", "save_trajectory")
             response.path = path
             with self._state_lock:
-                stamps_s, poses = self._odometry.trajectory.timestamps(), self._odometry.trajectory.poses()
+                trajectory = self._odometry.trajectory
+                stamps_s, poses, dropped = trajectory.timestamps(), trajectory.poses(), trajectory.dropped
             exports.write_tum(path, stamps_s, poses)
             response.success = True
             response.message = (f"wrote {len(stamps_s)} poses of {self._p['base_frame']} in {self._p['odom_frame']} "
                                 f"(TUM) to {path}")
+            if dropped:
+                response.message += (f"; the {dropped} oldest pose(s) since the last reset were dropped "
+                                     f"(trajectory_max_poses {trajectory.max_poses})")
         except Exception as exc:
             response.success = False
             response.message = f"save_trajectory failed: {type(exc).__name__}: {exc}"
@@ -867,12 +1026,23 @@ class Ttt3rNode(LifecycleNode):
         return response
 
 
+    @_guarded
+    def _srv_save_session(self, request: Any, response: Any) -> Any:
+        """The whole live session (engine, map, odometry, camera lock) to one snapshot file (ros/session_io.py)."""
+        response.success, response.message, response.path = session_io.save_session(self, request.path)
+        self._log_result(response.success, response.message)
+        return response
+
+
 def main(args: list[str] | None = None, node_factory: Callable[[], "Ttt3rNode"] | None = None) -> int:
     """Run the node until SIGINT, SIGTERM or SIGHUP. node_factory: makes the node (tests inject a subclass)."""
-    # SIGINT and SIGTERM: rclpy shuts the context down (spin ends, cleanup below); SIGHUP the same way
-    startup.route_hangup(rclpy.try_shutdown)
-    rclpy.init(args=args if args is not None else sys.argv)
+    # SIGINT, SIGTERM and SIGHUP shut the context down (spin ends, cleanup below, status 0); rclpy's own handlers
+    # are off: its SIGINT chained to a KeyboardInterrupt that could end the process by the signal (ros/startup.py)
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    made: list[Ttt3rNode] = []
+    startup.route_signals(lambda: _shut_down(made[0] if made else None))
     node = (node_factory or Ttt3rNode)()
+    made.append(node)
     # 4 threads: image callbacks (may block on back-pressure), services/timers/camera_info (two at once: a
     # configure waiting for camera_info), lifecycle and parameter services
     executor = MultiThreadedExecutor(num_threads=4)
@@ -892,10 +1062,11 @@ def main(args: list[str] | None = None, node_factory: Callable[[], "Ttt3rNode"] 
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if name_guard.found and autostart is not None:
-            # the duplicate is found within seconds of start, usually mid-configure: let that finish (exiting
-            # under a model load aborts the process) so the exit status is name_guard's 1
-            autostart.join(timeout=120.0)
+        if autostart is not None and autostart.is_alive():
+            # a signal (or the duplicate-name guard, within seconds of start) mid-configure: let the load finish
+            # before the model is freed and the interpreter exits (exiting under a model load aborted the process:
+            # "terminate called without an active exception"); with the context down, configure fails quickly
+            autostart.join(timeout=AUTOSTART_EXIT_WAIT_S)
         node._stop_input()
         node._destroy_outputs()
         node._free_model()
@@ -903,7 +1074,16 @@ def main(args: list[str] | None = None, node_factory: Callable[[], "Ttt3rNode"] 
         node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()
-    return 1 if name_guard.found else 0
+    return 1 if name_guard.found or node.exit_status else 0
+
+
+def _shut_down(node: Ttt3rNode | None) -> None:
+    """A signal: the intake thread ends first (the context must not shut down under its rcl wait), then the
+    context, which ends the spin in main."""
+    intake = node._intake if node is not None else None
+    if intake is not None:
+        intake.stop()
+    rclpy.try_shutdown()
 
 
 def _autostart(node: Ttt3rNode) -> None:

@@ -938,8 +938,12 @@ def _publish_mount(node: Any, frame_id: str, index: int) -> Any:
     return pub
 
 
-def _diagnostic_counters(status: Any) -> dict[str, Any]:
+def _diagnostic_counters(status: Any) -> dict[str, Any] | None:
+    """The frame counters of the node's status, or None while the node is not active (its lifecycle status carries
+    `lifecycle_state` and no counters: the bench waits for the active one)."""
     values = {kv.key: kv.value for kv in status.values}
+    if "lifecycle_state" in values:
+        return None
     missing = [k for k in DIAGNOSTIC_COUNTERS if k not in values]
     if missing:
         raise BenchError(f"/diagnostics of {status.name!r} lacks {missing}")
@@ -1007,7 +1011,9 @@ def subscriber_main(argv: Sequence[str]) -> int:
         for status in msg.status:
             if (status.name == diag_status) if diag_status else status.name.startswith(args.node + ":"):
                 try:
-                    latest_diag.append((time.time(), _diagnostic_counters(status)))
+                    counters = _diagnostic_counters(status)
+                    if counters is not None:
+                        latest_diag.append((time.time(), counters))
                 except BenchError as exc:
                     diag_error.append(str(exc))
 

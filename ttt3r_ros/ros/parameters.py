@@ -88,6 +88,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("warmup_camera_info_wait_s", 2.0, "how long configure waits for a camera_info to learn the camera's "
               "size for the warm-up when warmup_image_width/height are 0 (0 = do not wait)", min_value=0.0,
               max_value=600.0),
+    ParamSpec("resume_session", "", "session snapshot (~/save_session) to continue at configure: odometry, map, "
+              "recurrent state and camera lock come back; relative paths resolve in save_directory; a snapshot made "
+              "with another model, weights, update rule, precision or image size fails configure; empty = start "
+              "fresh"),
     ParamSpec("compile_cache_dir", "", "folder of the torch.compile/Triton kernel cache (kept across runs); empty = "
               "$TORCHINDUCTOR_CACHE_DIR when set, else $XDG_CACHE_HOME/ttt3r_ros/compile_cache "
               "(~/.cache/ttt3r_ros/compile_cache)"),
@@ -127,6 +131,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "odometry source owning the tree)", live=True),
     _session_setting("confidence_threshold"),
     _session_setting("path_max_length"),
+    _session_setting("trajectory_max_poses"),
     ParamSpec("path_publish_period_s", 1.0, "period of `path` (only while subscribed; the whole path is one "
               "message, so it is not sent per frame)", min_value=0.01, max_value=3600.0),
     ParamSpec("map_publish_period_s", 1.0, "period of `map_points` (only while subscribed)",
@@ -143,6 +148,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               live=True),
     ParamSpec("default_trajectory_path", "ttt3r_trajectory.tum", "save_trajectory target when the request "
               "path is empty", live=True),
+    ParamSpec("default_session_path", "ttt3r_session.safetensors", "save_session target when the request path is "
+              "empty", live=True),
     ParamSpec("save_directory", save_paths.DEFAULT_SAVE_DIRECTORY, "folder that ~/save_map and ~/save_trajectory "
               "write into (relative paths resolve inside it; created on the first save; ~ is expanded here only)",
               start_only=True),
@@ -168,7 +175,7 @@ def validate_value(name: str, value: Any) -> str | None:
         return None
     if name in _SESSION_SETTINGS:
         return settings.validate_value(name, value)
-    if name in ("default_map_path", "default_trajectory_path"):
+    if name in ("default_map_path", "default_trajectory_path", "default_session_path"):
         problem = save_paths.path_text_problem(str(value))
         if problem:
             return f"{name}={value!r}: {problem}"

@@ -1,4 +1,5 @@
-"""Where `~/save_map` and `~/save_trajectory` may write: the confinement rules, as pure functions (no ROS).
+"""Where `~/save_map`, `~/save_trajectory` and `~/save_session` may write: the confinement rules, as pure functions
+(no ROS).
 
 Any participant of the DDS domain can call the node's services, so a request path is untrusted input. The rules:
 - every save lands inside the `save_directory` parameter (default `~/.ros/ttt3r`, created on the first save);
@@ -6,8 +7,8 @@ Any participant of the DDS domain can call the node's services, so a request pat
   is true (both parameters are read-only: set at start, not over DDS);
 - `~`, `..` components, NUL bytes and empty paths are refused (an empty request uses default_*_path, which must not
   be empty either);
-- the file name must have the service's suffix (`.ply` for maps, `.tum`/`.txt` for trajectories), so a request
-  cannot replace e.g. a shell profile that happens to sit in the folder;
+- the file name must have the service's suffix (`.ply` for maps, `.tum`/`.txt` for trajectories, `.safetensors`
+  for session snapshots), so a request cannot replace e.g. a shell profile that happens to sit in the folder;
 - no symlink is followed: every folder between save_directory and the file must be a real folder (lstat), the
   target must be absent or a regular file; a symlink, FIFO, device, socket or folder there is refused. The write
   itself is atomic (a temporary file renamed over the target; a rename replaces a name and never writes through
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 
 DEFAULT_SAVE_DIRECTORY = "~/.ros/ttt3r"
 # service -> file name suffixes it may write
-SAVE_SUFFIXES: dict[str, tuple[str, ...]] = {"save_map": (".ply",), "save_trajectory": (".tum", ".txt")}
+SAVE_SUFFIXES: dict[str, tuple[str, ...]] = {"save_map": (".ply",), "save_trajectory": (".tum", ".txt"),
+                                             "save_session": (".safetensors",)}
 
 
 class SavePathError(ValueError):

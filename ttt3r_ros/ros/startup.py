@@ -6,8 +6,8 @@ seconds on a GPU). The node sets them, when the user has not, to a folder under 
 (``$XDG_CACHE_HOME/ttt3r_ros/compile_cache``, else ``~/.cache/ttt3r_ros/compile_cache``) or the parameter
 ``compile_cache_dir``.
 
-Signals: rclpy turns SIGINT and SIGTERM into a context shutdown (the executor stops, ``main`` cleans up). SIGHUP
-(a closed terminal or ssh session) would kill the process at once; a Python handler turns it into the same shutdown.
+Signals: SIGINT, SIGTERM and SIGHUP (a closed terminal or ssh session) all become a context shutdown through one
+Python handler (``route_signals``): the executor stops and ``main`` cleans up and returns 0.
 Python runs signal handlers in the main thread between bytecodes only, so ``spin_until_shutdown`` spins in slices
 (a thread blocked in the executor's C wait would otherwise never run the handler).
 """
@@ -41,9 +41,17 @@ def apply_compile_cache(parameter_value: str, environ: MutableMapping[str, str] 
     return f"compile cache: {folder} ({source})"
 
 
-def route_hangup(shutdown: Callable[[], None]) -> None:
-    """Call ``shutdown`` (in the main thread) when SIGHUP arrives; call from the main thread."""
-    signal.signal(signal.SIGHUP, lambda signum, frame: shutdown())
+ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def route_signals(shutdown: Callable[[], None]) -> None:
+    """Call ``shutdown`` (in the main thread) when SIGINT, SIGTERM or SIGHUP arrives; call from the main thread,
+    with rclpy's own handlers off (``rclpy.init(signal_handler_options=SignalHandlerOptions.NO)``). rclpy's SIGINT
+    handler chains to Python's, which raises KeyboardInterrupt wherever the main thread happens to be: one landing in
+    the cleanup ended the process by the signal (exit -2, "process has died" in launch). A plain handler that only
+    shuts the context down lets ``main`` end the same way for all three, with status 0."""
+    for signum in ENDING_SIGNALS:
+        signal.signal(signum, lambda _signum, _frame: shutdown())
 
 
 SPIN_SLICE_S = 0.25   # longest delay before a SIGHUP is acted on

@@ -30,6 +30,11 @@ it as "ignore"). When tracking returns, the first good frame is placed at the he
 model's motion relative to that frame: the model's own pose is not trusted across the gap (it may have diverged),
 so the motion during the loss is dropped, and its size is added to the variances (we do not know whether it was
 real). Before any good frame, the first frame's pose (the odometry origin) is what is held.
+
+Model-state resets (`~/reset`, the precision guard's model swap): the engine starts a new chunk at its last pose,
+but the model's first pose in a chunk is only nearly the identity, so its pose can jump at the boundary. The frame
+that starts the chunk (`new_chunk`, FrameResult.was_reset) is re-anchored like a frame after a loss: odometry goes on
+from the last good pose without a jump (REP 105), the jump becomes uncertainty, the twist across it is unknown.
 """
 from __future__ import annotations
 
@@ -116,7 +121,8 @@ def increment_variance(delta: np.ndarray, fraction: float, limits: OdometryLimit
 
 def twist_covariance_diagonal(increment: IncrementVariance | None, dt_s: float | None) -> list[float]:
     """(vx, vy, vz, wx, wy, wz) variances of a velocity that is one increment over dt_s: the increment's variance
-    / dt^2, clamped to the sigma floor and ceiling; 9999 while unknown (`increment` None, dt unknown or below MIN_TWIST_DT_S)."""
+    / dt^2, clamped to the sigma floor and ceiling; 9999 while unknown (`increment` None, dt unknown or below
+    MIN_TWIST_DT_S)."""
     if increment is None or dt_s is None or not dt_s >= MIN_TWIST_DT_S:
         return [LOST_VARIANCE] * 6
     linear = min(max(increment.translation_m2 / dt_s ** 2, TWIST_SIGMA_FLOOR_MPS ** 2), TWIST_SIGMA_CEILING_MPS ** 2)
@@ -196,10 +202,59 @@ class OdometryTracker:
         """True while tracking is lost and the last good pose is held."""
         return self._holding
 
+    # Poses of the bookkeeping a snapshot carries (4x4 float64; absent = None: before the first frame, or no
+    # previous good frame for the twist)
+    STATE_POSES = ("previous_pose", "held", "model_at_held", "correction")
+
+    def export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON values, float64 arrays) of everything the next `update` depends on, and the trajectory, for a
+        session snapshot (session/snapshot.py); `from_state` continues exactly."""
+        previous = self._previous
+        poses = {"previous_pose": None if previous is None else previous[1], "held": self._held,
+                 "model_at_held": self._model_at_held, "correction": self._correction}
+        arrays = {name: np.array(pose, dtype=np.float64) for name, pose in poses.items() if pose is not None}
+        arrays.update({f"trajectory.{k}": v for k, v in self.trajectory.export_arrays().items()})
+        values = {"previous_stamp_s": None if previous is None else float(previous[0]), "holding": self._holding,
+                  "position_growth_m2": self._position_growth_m2, "rotation_growth_rad2": self._rotation_growth_rad2}
+        return values, arrays
+
+    @classmethod
+    def from_state(cls, values: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> "OdometryTracker":
+        """A new tracker from `export_state`'s output; ValueError naming what is missing or malformed."""
+        tracker = cls()
+        poses: dict[str, np.ndarray | None] = {}
+        for name in cls.STATE_POSES:
+            pose = arrays.get(name)
+            if pose is not None:
+                pose = np.array(pose, dtype=np.float64)
+                if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+                    raise ValueError(f"odometry state: {name} must be a finite 4x4, got shape {pose.shape}")
+            poses[name] = pose
+        if poses["correction"] is None:
+            raise ValueError("odometry state: correction is missing")
+        if (values.get("previous_stamp_s") is None) != (poses["previous_pose"] is None):
+            raise ValueError("odometry state: previous_stamp_s and previous_pose must both be present or absent")
+        if (poses["held"] is None) != (poses["model_at_held"] is None):
+            raise ValueError("odometry state: held and model_at_held must both be present or absent")
+        try:
+            tracker.trajectory = Trajectory.from_arrays({k: np.asarray(arrays[f"trajectory.{k}"])
+                                                         for k in ("timestamps", "poses")})
+            previous_stamp = values.get("previous_stamp_s")
+            tracker._previous = None if previous_stamp is None else (float(previous_stamp), poses["previous_pose"])
+            tracker._held, tracker._model_at_held = poses["held"], poses["model_at_held"]
+            tracker._correction = poses["correction"]
+            tracker._holding = bool(values["holding"])
+            tracker._position_growth_m2 = float(values["position_growth_m2"])
+            tracker._rotation_growth_rad2 = float(values["rotation_growth_rad2"])
+        except KeyError as err:
+            raise ValueError(f"odometry state: {err.args[0]} is missing") from None
+        return tracker
+
     def update(self, stamp_s: float, t_odom_base: np.ndarray, confidence: np.ndarray | None,
-               limits: OdometryLimits = OdometryLimits()) -> OdometryEstimate:
+               limits: OdometryLimits = OdometryLimits(), new_chunk: bool = False) -> OdometryEstimate:
         """One frame: the engine's `t_odom_base` (FrameResult.base_in_odom), its self-view `confidence` (None:
-        unknown, taken as fully confident) and the current limits."""
+        unknown, taken as fully confident), the current limits, and whether it starts a new model chunk after a
+        reset (FrameResult.was_reset: then it continues from the last good pose; module docstring)."""
         t_model = np.asarray(t_odom_base, dtype=np.float64)
         if confidence is None:
             fraction, state = 1.0, TRACKING_OK
@@ -208,6 +263,9 @@ class OdometryTracker:
             state = tracking_state(fraction, limits.tracking_degraded_fraction, limits.tracking_lost_fraction)
         if self._held is None:   # the first frame since the origin: what is held until a good frame comes
             self._held, self._model_at_held = self._correction @ t_model, t_model
+        elif new_chunk:
+            self._holding = True   # re-anchored at the held (last good) pose by the first good frame
+            self._previous = None  # the twist across the chunk boundary is unknown
 
         if state == TRACKING_LOST:
             self._holding = True
@@ -220,8 +278,8 @@ class OdometryTracker:
                                     confident_fraction=fraction, holding=True, model_t_odom_base=t_model)
 
         if self._holding:
-            # Re-anchor: this frame sits at the held pose; the model's motion across the gap is dropped and its
-            # size becomes uncertainty.
+            # Re-anchor (after a loss or at a new chunk): this frame sits at the held pose; the model's motion across
+            # the gap is dropped and its size becomes uncertainty.
             dropped = geometry.invert_se3(self._model_at_held) @ t_model
             self._position_growth_m2 += float(np.sum(dropped[:3, 3] ** 2))
             self._rotation_growth_rad2 += geometry.rotation_angle_rad(dropped[:3, :3]) ** 2
@@ -254,4 +312,4 @@ class OdometryTracker:
                            limits: OdometryLimits = OdometryLimits()) -> OdometryEstimate:
         """`update` from an engine FrameResult (base_in_odom and the self-view confidence)."""
         return self.update(stamp_s, np.asarray(result.base_in_odom, dtype=np.float64),
-                           np.asarray(result.confidence, dtype=np.float32), limits)
+                           np.asarray(result.confidence, dtype=np.float32), limits, new_chunk=bool(result.was_reset))

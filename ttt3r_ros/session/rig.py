@@ -53,7 +53,11 @@ import torch
 
 from ..engine import BatchedReconstructor, FrameResult, VoxelMap, geometry, validate_intrinsics
 from ..engine.preprocess import plan_resize_crop, validate_image
+from .image_codec import calibration_for_image
 from .odometry import OdometryEstimate, OdometryLimits, OdometryTracker, confident_fraction
+
+# (camera, frame, image, intrinsics, camera model): a frame checked and ready for the engine
+_Ready = tuple["_Camera", "RigFrame", np.ndarray, "np.ndarray | None", Any]
 
 # Primary poses kept for placing the other cameras' frames (seconds at camera rates; a waiting frame is only a few
 # cycles old, so only the newest poses are ever looked at).
@@ -68,13 +72,17 @@ class RigFrame:
     a frame replaced in a keep-latest slot is never decoded; an exception it raises rejects the frame).
     stamp_s: the capture time (the image's stamp) in seconds. intrinsics: 3x3 at the image's resolution, or None
     (the model estimates them). meta: anything the caller wants back with the result (e.g. the message header).
-    received_s: monotonic time of arrival (None: when ``put`` is called).
+    received_s: monotonic time of arrival (None: when ``put`` is called). camera_model: instead of intrinsics, the
+    calibrated camera (``engine.camera_model.CameraModel``, e.g. ``session.camera_calibration`` of a CameraInfo):
+    a distorted frame is undistorted before the model; one of another size than the image is ignored
+    (``image_codec.calibration_for_image``'s rule, said in ``RigStep.notes``) and the model estimates the intrinsics.
     """
     image: Any
     stamp_s: float
     intrinsics: np.ndarray | None = None
     meta: Any = None
     received_s: float | None = None
+    camera_model: Any = None
 
 
 @dataclass
@@ -114,10 +122,12 @@ class CameraOutput:
 @dataclass
 class RigStep:
     """What one ``step`` did: the outputs (valid results, primary first), the odometry when the primary was
-    processed, and the frames rejected or skipped ({camera: reason})."""
+    processed, the frames rejected or skipped ({camera: reason}) and notes on frames that were processed all the
+    same ({camera: text}, e.g. a calibration of another size ignored)."""
     outputs: list[CameraOutput] = field(default_factory=list)
     odometry: OdometryEstimate | None = None
     rejected: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def output(self, camera: str) -> CameraOutput | None:
         return next((o for o in self.outputs if o.camera == camera), None)
@@ -311,18 +321,18 @@ class CameraRig:
                 self._cond.notify_all()   # room in process_all queues
         out = RigStep()
         with self._step_lock:
-            ready: list[tuple[_Camera, RigFrame, np.ndarray, np.ndarray | None]] = []
+            ready: list[_Ready] = []
             for cam, frame in taken:
                 prepared = self._prepare(cam, frame, out)
                 if prepared is not None:
                     ready.append((cam, frame, *prepared))
-            groups: dict[tuple[int, int], list[tuple[_Camera, RigFrame, np.ndarray, np.ndarray | None]]] = {}
+            groups: dict[tuple[int, int], list[_Ready]] = {}
             for item in ready:
                 size = plan_resize_crop(item[2].shape[0], item[2].shape[1], self.engine.config.size).model_size
                 groups.setdefault(size, []).append(item)
             # the primary's group first: its pose is what the other cameras' points are placed with
             for group in sorted(groups.values(), key=lambda g: min(c.stream for c, *_ in g)):
-                for (cam, frame, _, _), result in self._run_group(group, out):
+                for (cam, frame, *_), result in self._run_group(group, out):
                     self._accept(cam, frame, result, limits, out)
             self._place_pending()
         out.outputs.sort(key=lambda o: self._cameras[o.camera].stream)
@@ -336,8 +346,9 @@ class CameraRig:
             cam.last_rejected = counter == "frames_rejected"
 
     def _prepare(self, cam: _Camera, frame: RigFrame, out: RigStep
-                 ) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """(image, intrinsics) checked here, so that one camera's bad frame never fails the others' batch."""
+                 ) -> tuple[np.ndarray, np.ndarray | None, Any] | None:
+        """(image, intrinsics, camera model) checked here, so that one camera's bad frame never fails the others'
+        batch."""
         if cam.t_base_cam is None:
             self._reject(cam, f"camera {cam.name}: no extrinsic (T_base_cam) yet; frame skipped", out,
                          counter="frames_skipped")
@@ -351,16 +362,24 @@ class CameraRig:
             k = None if frame.intrinsics is None else validate_intrinsics(frame.intrinsics)
             if not math.isfinite(float(frame.stamp_s)):
                 raise ValueError(f"camera {cam.name}: stamp {frame.stamp_s} is not finite")
+            camera_model = frame.camera_model
+            if camera_model is not None:
+                if k is not None:
+                    raise ValueError(f"camera {cam.name}: the frame has both intrinsics and a camera model")
+                _, size_reason = calibration_for_image(camera_model.k, camera_model.size_hw, image.shape[:2])
+                if size_reason:
+                    out.notes[cam.name] = f"camera {cam.name}: {size_reason}"
+                    camera_model = None
         except Exception as exc:   # any problem with this frame rejects it alone
             self._reject(cam, f"camera {cam.name}: bad frame: {type(exc).__name__}: {exc}", out)
             return None
-        return image, k
+        return image, k, camera_model
 
-    def _run_group(self, group: list[tuple[_Camera, RigFrame, np.ndarray, np.ndarray | None]], out: RigStep
-                   ) -> list[tuple[tuple[_Camera, RigFrame, np.ndarray, np.ndarray | None], FrameResult]]:
+    def _run_group(self, group: list[_Ready], out: RigStep) -> list[tuple[_Ready, FrameResult]]:
         try:
             results = self.engine.step_batch([g[2] for g in group], [float(g[1].stamp_s) for g in group],
-                                             [g[3] for g in group], streams=[g[0].stream for g in group])
+                                             [g[3] for g in group], streams=[g[0].stream for g in group],
+                                             camera_models=[g[4] for g in group])
             return list(zip(group, results))
         except Exception as exc:
             if len(group) == 1:
@@ -461,6 +480,25 @@ class CameraRig:
         """The map in the odom frame: (points [N,3] float32, colours uint8 [N,3], confidences [N])."""
         with self._step_lock:
             return self.voxel_map.points(), self.voxel_map.colours(), self.voxel_map.confidences()
+
+    def warm_up(self, frames: int, frame_hw: tuple[int, int] | None = None) -> float:
+        """Before the first real frame: ``frames`` synthetic steps at every batch size from 1 to the number of
+        cameras (a step runner, and on CUDA a graph, is made per batch size and input size, and a cycle batches
+        however many cameras have a frame), then every stream restarts (clean state, empty trajectory). Nothing
+        reaches the odometry, the map or the counters. frame_hw: the cameras' (height, width); None: 3:4 at the model
+        size. Returns milliseconds."""
+        size = self.engine.config.size
+        height, width = frame_hw if frame_hw is not None else (size * 3 // 4, size)
+        image = np.random.default_rng(0).integers(0, 255, size=(int(height), int(width), 3), dtype=np.uint8)
+        start_s = time.monotonic()
+        with self._step_lock:
+            if any(c.health.frames_processed for c in self._cameras.values()):
+                raise RuntimeError("warm_up runs before the first frame (it restarts every stream)")
+            for batch in range(1, len(self._cameras) + 1):
+                for index in range(frames):
+                    self.engine.step_batch([image] * batch, [float(index)] * batch, streams=list(range(batch)))
+            self.engine.reset(None, restart_odometry=True)
+        return (time.monotonic() - start_s) * 1e3
 
     def reset(self, restart_odometry: bool = False) -> None:
         """Every stream's state back to the initial one. By default odometry continues (each stream's next chunk

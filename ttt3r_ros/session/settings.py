@@ -99,6 +99,9 @@ class SessionConfig:
     base_frame: str = _setting("base_link", "robot body frame (REP 103: x forward, z up)")
     camera_frame: str = _setting("", "camera optical frame; empty = the image's header.frame_id")
     path_max_length: int = _setting(1024, "poses kept in `path`", min_value=1, max_value=1_000_000)
+    trajectory_max_poses: int = _setting(
+        1_000_000, "poses kept for ~/save_trajectory (104 bytes each: the default ~104 MB, 9 h at 30 Hz); past it "
+        "the oldest are dropped", min_value=1, max_value=100_000_000)
     # --- odometry uncertainty and tracking state (session/odometry.py) ---
     tracking_degraded_fraction: float = _setting(
         0.3, "confident-pixel fraction below which tracking is DEGRADED", live=True, min_value=0.0, max_value=1.0)
