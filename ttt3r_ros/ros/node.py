@@ -1039,10 +1039,9 @@ def main(args: list[str] | None = None, node_factory: Callable[[], "Ttt3rNode"] 
     # SIGINT, SIGTERM and SIGHUP shut the context down (spin ends, cleanup below, status 0); rclpy's own handlers
     # are off: its SIGINT chained to a KeyboardInterrupt that could end the process by the signal (ros/startup.py)
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    made: list[Ttt3rNode] = []
-    startup.route_signals(lambda: _shut_down(made[0] if made else None))
+    stop_requested = threading.Event()
+    startup.route_signals(stop_requested)
     node = (node_factory or Ttt3rNode)()
-    made.append(node)
     # 4 threads: image callbacks (may block on back-pressure), services/timers/camera_info (two at once: a
     # configure waiting for camera_info), lifecycle and parameter services
     executor = MultiThreadedExecutor(num_threads=4)
@@ -1058,10 +1057,11 @@ def main(args: list[str] | None = None, node_factory: Callable[[], "Ttt3rNode"] 
             # services start answering only once the state is "configuring": an "unconfigured" answer then means
             # that autostart's configure failed, never that it has not begun
             node.configure_started.wait(timeout=30.0)
-        startup.spin_until_shutdown(executor, rclpy.ok)
+        startup.spin_until_shutdown(executor, rclpy.ok, stop_requested)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        _shut_down(node)
         if autostart is not None and autostart.is_alive():
             # a signal (or the duplicate-name guard, within seconds of start) mid-configure: let the load finish
             # before the model is freed and the interpreter exits (exiting under a model load aborted the process:
@@ -1078,8 +1078,8 @@ def main(args: list[str] | None = None, node_factory: Callable[[], "Ttt3rNode"] 
 
 
 def _shut_down(node: Ttt3rNode | None) -> None:
-    """A signal: the intake thread ends first (the context must not shut down under its rcl wait), then the
-    context, which ends the spin in main."""
+    """The end of the spin (a signal, or the context shut down elsewhere): the intake thread ends first (the context
+    must not shut down under its rcl wait), then the context, so a configure still loading fails fast."""
     intake = node._intake if node is not None else None
     if intake is not None:
         intake.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, MutableMapping
 
@@ -44,20 +45,23 @@ def apply_compile_cache(parameter_value: str, environ: MutableMapping[str, str] 
 ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def route_signals(shutdown: Callable[[], None]) -> None:
-    """Call ``shutdown`` (in the main thread) when SIGINT, SIGTERM or SIGHUP arrives; call from the main thread,
-    with rclpy's own handlers off (``rclpy.init(signal_handler_options=SignalHandlerOptions.NO)``). rclpy's SIGINT
-    handler chains to Python's, which raises KeyboardInterrupt wherever the main thread happens to be: one landing in
-    the cleanup ended the process by the signal (exit -2, "process has died" in launch). A plain handler that only
-    shuts the context down lets ``main`` end the same way for all three, with status 0."""
+def route_signals(stop_requested: threading.Event) -> None:
+    """Set ``stop_requested`` when SIGINT, SIGTERM or SIGHUP arrives; call from the main thread, with rclpy's own
+    handlers off (``rclpy.init(signal_handler_options=SignalHandlerOptions.NO)``). rclpy's SIGINT handler chains to
+    Python's, which raises KeyboardInterrupt wherever the main thread happens to be: one landing in the cleanup ended
+    the process by the signal (exit -2, "process has died" in launch). The handler only sets the event: shutting the
+    context down from inside the executor's wait-set construction (where the handler runs) raised RCLError there;
+    ``spin_until_shutdown`` returns at its next slice and ``main`` shuts down, with status 0, for all three."""
     for signum in ENDING_SIGNALS:
-        signal.signal(signum, lambda _signum, _frame: shutdown())
+        signal.signal(signum, lambda _signum, _frame: stop_requested.set())
 
 
-SPIN_SLICE_S = 0.25   # longest delay before a SIGHUP is acted on
+SPIN_SLICE_S = 0.25   # longest delay before a signal is acted on
 
 
-def spin_until_shutdown(executor: Any, is_running: Callable[[], bool]) -> None:
-    """``executor.spin()`` in slices of SPIN_SLICE_S while ``is_running()`` (see the module docstring)."""
-    while is_running():
+def spin_until_shutdown(executor: Any, is_running: Callable[[], bool],
+                        stop_requested: threading.Event | None = None) -> None:
+    """``executor.spin()`` in slices of SPIN_SLICE_S while ``is_running()`` and no stop is requested (see the module
+    docstring)."""
+    while is_running() and not (stop_requested is not None and stop_requested.is_set()):
         executor.spin_once(timeout_sec=SPIN_SLICE_S)
