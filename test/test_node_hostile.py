@@ -119,13 +119,15 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 def test_a_stray_frame_id_first_does_not_lock_the_camera_out_after_reset(node: Node) -> None:
     """The first frame comes from another frame_id: it owns the stream (the first frame_id seen), the real camera
-    is rejected with a reason naming ~/reset, and ~/reset lets the real camera take over."""
+    is rejected with a reason naming the service that frees it, and ~/reset_odometry lets the real camera take
+    over. (~/reset keeps odometry continuous, and with it the camera and its mount: switching cameras restarts
+    odometry, REP 105.)"""
     node.processed(0, frame_id="stray_cam")
     before = node.rejected_count()
     node.send(1, frame_id="camera_optical")
     node.wait(lambda: "differs from the stream's camera 'stray_cam'" in node.log_text(), 15, "the rejection")
-    assert "~/reset lets the next frame's camera take over" in node.log_text()
-    response = node.call(Trigger, "reset", Trigger.Request())
+    assert "~/reset_odometry lets the next frame's camera take over" in node.log_text()
+    response = node.call(Trigger, "reset_odometry", Trigger.Request())
     assert response.success, response.message
     stamp = node.processed(2, frame_id="camera_optical")
     node.wait(lambda: node.status_for(stamp) is not None, 5, "status of the real camera's frame")

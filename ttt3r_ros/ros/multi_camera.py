@@ -331,25 +331,7 @@ class MultiCamera:
         if result.was_reset and self._primary_frame_index > 1:
             s.resets += 1
         node._last_header = header
-        st = node._status_type()
-        st.header = header
-        st.frame_index = s.frame_index
-        st.tracking_state = s.tracking_state
-        st.inference_latency_ms = s.inference_latency_ms
-        st.end_to_end_latency_ms = s.end_to_end_latency_ms
-        st.frames_received = s.frames_received
-        st.frames_processed = s.frames_processed
-        st.frames_dropped = s.frames_dropped
-        st.frames_rejected = s.frames_rejected
-        st.frames_lost_before_node = s.frames_lost_before_node
-        st.gate_mean = s.gate_mean
-        st.gate_min = float(result.gate_min)
-        st.gate_max = float(result.gate_max)
-        st.confidence_mean = s.confidence_mean
-        st.confident_fraction = s.confident_fraction
-        st.resets = s.resets
-        st.map_points = s.map_points
-        st.message = s.message
+        st = health.status_message(node._status_type, s, header, result.gate_min, result.gate_max)
         node._pubs["status"].publish(st)
         if s.tracking_state == odometry.TRACKING_LOST:
             node._log_throttled("warn", f"tracking lost (primary camera {self.rig.primary}): only "

@@ -721,28 +721,8 @@ class Ttt3rNode(LifecycleNode):
         if result.was_reset and self._frame_index > 1:   # service reset, reset_interval (not the first frame)
             s.resets += 1
         self._last_header = cam_header
-        st = self._status_type()
-        st.header = cam_header
-        st.frame_index = s.frame_index
-        st.tracking_state = state
-        st.inference_latency_ms = s.inference_latency_ms
-        st.end_to_end_latency_ms = s.end_to_end_latency_ms
-        st.frames_received = s.frames_received
-        st.frames_processed = s.frames_processed
-        st.frames_dropped = s.frames_dropped
-        st.frames_rejected = s.frames_rejected
-        st.frames_lost_before_node = s.frames_lost_before_node
-        st.frames_refused = s.frames_refused
-        st.gate_mean = s.gate_mean
-        st.gate_min = float(result.gate_min)
-        st.gate_max = float(result.gate_max)
-        st.confidence_mean = s.confidence_mean
-        st.confident_fraction = confident_fraction
-        st.resets = s.resets
-        st.map_points = s.map_points
-        st.message = s.message
-        st.focal_disagreement = s.focal_disagreement
-        st.resumed = self._resumed is not None
+        st = health.status_message(self._status_type, s, cam_header, result.gate_min, result.gate_max,
+                                   resumed=self._resumed is not None)
         self._pubs["status"].publish(st)
         if state == odometry.TRACKING_LOST:
             self._log_throttled("warn", f"tracking lost: only {confident_fraction:.1%} of pixels are confident "
