@@ -1027,7 +1027,8 @@ def main(args: list[str] | None = None, node_factory: Callable[[], "Ttt3rNode"] 
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     # a second node under a name already in the graph logs an error and ends with status 1 (ros/name_guard.py)
-    name_guard = name_guard_module.DuplicateNameGuard(node, rclpy.try_shutdown, is_running=rclpy.ok).start()
+    # (it asks for the same orderly stop as a signal: the intake thread must end before the context shuts down)
+    name_guard = name_guard_module.DuplicateNameGuard(node, stop_requested.set, is_running=rclpy.ok).start()
     autostart: threading.Thread | None = None
     try:
         if node.get_parameter("autostart").value:
