@@ -136,24 +136,34 @@ class Probe:
         self.node.create_subscription(msg_type, topic, cb, qos)
         return box
 
-    def call(self, srv_type: Any, name: str, request: Any, timeout_s: float = 20.0) -> Any:
+    def call(self, srv_type: Any, name: str, request: Any, timeout_s: float = 20.0, idempotent: bool = False,
+             resend_after_s: float = 5.0) -> Any:
+        """One service call. `idempotent`: send the request again every `resend_after_s` until an answer comes.
+        Fast DDS can drop a response sent before the server has discovered the client's response reader
+        (`failed to send response (timeout)` in the server's log), even though wait_for_service succeeded: only a
+        query that may be repeated (get_state) is repeated; a reset or a save is sent once."""
         client = self.node.create_client(srv_type, name)
         try:
             if not client.wait_for_service(timeout_sec=timeout_s):
                 raise TimeoutError(f"service {name} not available")
-            answered = threading.Event()
-            future = client.call_async(request)
-            future.add_done_callback(lambda _: answered.set())   # runs in the spin thread when the answer arrives
-            if not answered.wait(timeout_s) and not future.done():
-                raise TimeoutError(f"service {name} did not answer in {timeout_s} s")
-            return future.result()
+            deadline = time.monotonic() + timeout_s
+            while True:
+                answered = threading.Event()
+                future = client.call_async(request)
+                future.add_done_callback(lambda _: answered.set())   # runs in the spin thread when the answer arrives
+                remaining = deadline - time.monotonic()
+                if answered.wait(min(remaining, resend_after_s) if idempotent else remaining) or future.done():
+                    return future.result()
+                if not idempotent or time.monotonic() >= deadline:
+                    raise TimeoutError(f"service {name} did not answer in {timeout_s} s")
         finally:
             self.node.destroy_client(client)
 
     def lifecycle_state(self, node_fqn: str, timeout_s: float = 30.0) -> str:
         from lifecycle_msgs.srv import GetState
 
-        return self.call(GetState, f"{node_fqn}/get_state", GetState.Request(), timeout_s).current_state.label
+        return self.call(GetState, f"{node_fqn}/get_state", GetState.Request(), timeout_s,
+                         idempotent=True).current_state.label
 
     def autostart_outcome(self, node_fqn: str, timeout_s: float = 60.0) -> str:
         """The lifecycle state once an autostarting node has finished starting: 'active', or 'unconfigured' after a

@@ -127,13 +127,13 @@ def _start(tmp: Path, ns: str, cameras: list[str], frames: dict[str, str], mount
     proc = h.start_node(args, log)
     probe = h.Probe(f"probe{ns.replace('/', '_')}")
     rig = Rig(proc, probe, log, ns, cameras, frames)
-    state = probe.autostart_outcome(rig.node_fqn, timeout_s=60)
-    assert state == "active", f"node state {state}\n{rig.tail()}"
-    rig.wait(lambda: all(probe.node.count_subscribers(f"{ns}/{c}/image") > 0 for c in cameras), 10,
-             "every camera's image subscription")
-    rig.wait(lambda: all(probe.node.count_publishers(f"{ns}/{c}/points") > 0 for c in cameras), 10,
-             "every camera's outputs")
-    try:
+    try:   # from here on the node and the probes are always stopped, also when the start-up checks fail
+        state = probe.autostart_outcome(rig.node_fqn, timeout_s=60)
+        assert state == "active", f"node state {state}\n{rig.tail()}"
+        rig.wait(lambda: all(probe.node.count_subscribers(f"{ns}/{c}/image") > 0 for c in cameras), 10,
+                 "every camera's image subscription")
+        rig.wait(lambda: all(probe.node.count_publishers(f"{ns}/{c}/points") > 0 for c in cameras), 10,
+                 "every camera's outputs")
         yield rig
     finally:
         probe.close()

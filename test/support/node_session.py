@@ -80,8 +80,15 @@ def start_session(tmp: Path, ns: str, *extra: str) -> Session:
     proc = h.start_node(args, log)
     probe = h.Probe(f"probe{ns.replace('/', '_')}")
     s = Session(proc, probe, log, ns, tmp)
-    state = probe.autostart_outcome(s.node_fqn, timeout_s=60)
-    assert state == "active", f"node state {state}\n{s.tail()}"
+    try:
+        state = probe.autostart_outcome(s.node_fqn, timeout_s=60)
+        assert state == "active", f"node state {state}\n{s.tail()}"
+    except BaseException:
+        # a failed start must not leave the node or the probe's spin thread behind (a thread of rclpy alive at
+        # interpreter exit aborts pytest: "terminate called without an active exception")
+        probe.close()
+        h.stop(proc)
+        raise
     return s
 
 
@@ -103,13 +110,15 @@ def live_session(tmp: Path) -> Iterator[Session]:
                       "-p", f"save_directory:={tmp}", "-p", "extrinsic_timeout_s:=0.0", "-p", "input_timeout_s:=1.5")
     s.image_pub = s.probe.node.create_publisher(Image, "/live/image", qos_profile_sensor_data)
     s.info_pub = s.probe.node.create_publisher(CameraInfo, "/live/camera_info", qos_profile_sensor_data)
-    s.wait(lambda: s.probe.node.count_subscribers("/live/image") > 0, 10, "image subscription")
-    yield s
-    text = s.log.read_text(errors="replace")
-    assert "frame failed" not in text and "failed:" not in text.replace(EXPECTED_LIVE_FAILURE, ""), s.tail()
-    assert s.proc.poll() is None, f"the live node ended during the tests\n{s.tail()}"
-    stop_session(s)
-    static_probe.close()
+    try:
+        s.wait(lambda: s.probe.node.count_subscribers("/live/image") > 0, 10, "image subscription")
+        yield s
+        text = s.log.read_text(errors="replace")
+        assert "frame failed" not in text and "failed:" not in text.replace(EXPECTED_LIVE_FAILURE, ""), s.tail()
+        assert s.proc.poll() is None, f"the live node ended during the tests\n{s.tail()}"
+    finally:
+        stop_session(s)
+        static_probe.close()
 
 
 def replay_session(tmp: Path) -> Iterator[Session]:
@@ -118,9 +127,11 @@ def replay_session(tmp: Path) -> Iterator[Session]:
                       "-p", "image_transport:=compressed", "-p", "camera_is_base:=true", "-p", "input_qos_depth:=100",
                       "-p", "use_camera_info:=false", "-p", "use_sim_time:=true")
     s.image_pub = s.probe.node.create_publisher(CompressedImage, "/replay/image/compressed", qos_profile_sensor_data)
-    s.wait(lambda: s.probe.node.count_subscribers("/replay/image/compressed") > 0, 10, "compressed subscription")
-    yield s
-    stop_session(s)
+    try:
+        s.wait(lambda: s.probe.node.count_subscribers("/replay/image/compressed") > 0, 10, "compressed subscription")
+        yield s
+    finally:
+        stop_session(s)
 
 
 def send_frames(s: Session, frames: Any, rate_hz: float, with_info: bool = True, frame_id: str = "camera_optical",
