@@ -205,3 +205,22 @@ def test_odometry_pose_of_a_rigid_transform_round_trips(values, translation) -> 
     np.testing.assert_allclose(rotation, transform[:3, :3], atol=1e-9)
     p = msg.pose.pose.position
     np.testing.assert_allclose([p.x, p.y, p.z], translation)
+
+
+def test_a_truncated_png_is_refused_quickly_before_opencv() -> None:
+    """A 70-byte truncated PNG (found by this suite) took OpenCV 5.0's reader 7-15 s to refuse: a hostile camera could
+    stall the node with it. The chunk walk refuses it before OpenCV sees it; a whole PNG still decodes."""
+    import time
+
+    import cv2
+
+    from ttt3r_ros.session.errors import FrameDecodeError
+    from ttt3r_ros.session.image_codec import decode_encoded_image
+
+    whole = cv2.imencode(".png", np.full((8, 12, 3), 7, np.uint8))[1].tobytes()
+    assert decode_encoded_image(whole).shape == (8, 12, 3)
+    for cut in (len(whole) - 1, len(whole) - 12, 40):
+        start = time.perf_counter()
+        with pytest.raises(FrameDecodeError, match="truncated png"):
+            decode_encoded_image(whole[:cut])
+        assert time.perf_counter() - start < 0.5
