@@ -7,6 +7,7 @@ replaced by recorders after activation (the DDS transport itself is covered by t
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,6 +47,7 @@ class _Recorder:
         self.msgs: list[Any] = []
         self.msg_type = msg_type
         self.subscribers = subscribers
+        self.published = threading.Event()   # set at the first message: tests wait on it, not on a clock
 
     def publish(self, msg: Any) -> None:
         if isinstance(msg, bytes):   # dense outputs are published as serialized CDR
@@ -53,6 +55,7 @@ class _Recorder:
 
             msg = deserialize_message(msg, self.msg_type)
         self.msgs.append(msg)
+        self.published.set()
 
     def get_subscription_count(self) -> int:
         return self.subscribers

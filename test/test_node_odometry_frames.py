@@ -153,9 +153,7 @@ def test_camera_is_base_publishes_the_optical_frame_and_rgb_matches_depth(driver
     # the optical-frame outputs resolve: base -> optical on /tf_static, odom -> base on /tf
     assert d.rec["odom"].msgs[-1].child_frame_id == "base_link"
     # rgb/image: the model-resolution colour, pixel-aligned with depth/image (same size, stamp and frame)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not d.rec["rgb"].msgs:
-        time.sleep(0.01)   # the output thread publishes them (rgb last)
+    assert d.rec["rgb"].published.wait(10), "no rgb/image"   # the output thread publishes it (rgb last)
     rgb = d.rec["rgb"].msgs[-1]
     (depth,) = [m for m in d.rec["depth"].msgs if m.header.stamp == rgb.header.stamp]
     (info,) = [m for m in d.rec["depth_info"].msgs if m.header.stamp == rgb.header.stamp]
