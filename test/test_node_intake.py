@@ -218,7 +218,8 @@ def test_sigint_during_configure_ends_the_node_with_status_0(tmp_path: Path) -> 
     try:
         assert h.wait_for(lambda: Path(f"{gate}.loading").exists(), 60, proc), h.log_tail(log)
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
+        assert h.wait_for(lambda: "stopping: shutting down" in log.read_text(errors="replace"), 30, proc), \
+            h.log_tail(log)
         gate.write_text("go\n")   # the load ends (as a real one would) while the node is shutting down
         rc = proc.wait(timeout=60)
     except BaseException:

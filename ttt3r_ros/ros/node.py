@@ -1042,6 +1042,8 @@ def main(args: list[str] | None = None, node_factory: Callable[[], "Ttt3rNode"] 
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if stop_requested.is_set():
+            node.get_logger().info("stopping: shutting down the intake, then the model")
         _shut_down(node)
         if autostart is not None and autostart.is_alive():
             # a signal (or the duplicate-name guard, within seconds of start) mid-configure: let the load finish
