@@ -196,16 +196,7 @@ def float_image(values: np.ndarray, header: Any) -> bytes:
     arr = np.ascontiguousarray(values, dtype="<f4")
     if arr.ndim != 2:
         raise ValueError(f"32FC1 needs a 2-D array, got shape {arr.shape}")
-    h, w = arr.shape
-    wr = _Writer()
-    wr.header(header)
-    wr.u32(h)
-    wr.u32(w)
-    wr.string("32FC1")
-    wr.u8(0)
-    wr.u32(4 * w)
-    wr.u32(arr.nbytes)
-    return _with_payload(wr.prefix(), arr)
+    return _image(arr, "32FC1", header)
 
 
 def rgb8_image(colours: np.ndarray, header: Any) -> bytes:
@@ -213,14 +204,19 @@ def rgb8_image(colours: np.ndarray, header: Any) -> bytes:
     arr = np.ascontiguousarray(colours, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"rgb8 needs an HxWx3 array, got shape {arr.shape}")
+    return _image(arr, "rgb8", header)
+
+
+def _image(arr: np.ndarray, encoding: str, header: Any) -> bytes:
+    """A contiguous HxW[xC] array -> serialized sensor_msgs/Image (little endian, step = one row's bytes)."""
     h, w = arr.shape[:2]
     wr = _Writer()
     wr.header(header)
     wr.u32(h)
     wr.u32(w)
-    wr.string("rgb8")
+    wr.string(encoding)
     wr.u8(0)
-    wr.u32(3 * w)
+    wr.u32(arr.nbytes // h if h else 0)
     wr.u32(arr.nbytes)
     return _with_payload(wr.prefix(), arr)
 

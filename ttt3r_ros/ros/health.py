@@ -51,31 +51,22 @@ class HealthSummary:
         return DiagnosticStatus.OK
 
 
+_STATUS_FIELDS_FROM_SUMMARY = (
+    "frame_index", "tracking_state", "inference_latency_ms", "end_to_end_latency_ms", "frames_received",
+    "frames_processed", "frames_dropped", "frames_rejected", "frames_lost_before_node", "frames_refused", "gate_mean",
+    "confidence_mean", "confident_fraction", "resets", "map_points", "message", "focal_disagreement")
+
+
 def status_message(status_type: Any, summary: HealthSummary, header: Header, gate_min: float, gate_max: float,
                    resumed: bool = False) -> Any:
     """The per-frame ttt3r_ros/Status from the same summary /diagnostics reports (single- and multi-camera node).
     `status_type` is passed in so this module imports no generated interface at import time."""
     st = status_type()
     st.header = header
-    st.frame_index = summary.frame_index
-    st.tracking_state = summary.tracking_state
-    st.inference_latency_ms = summary.inference_latency_ms
-    st.end_to_end_latency_ms = summary.end_to_end_latency_ms
-    st.frames_received = summary.frames_received
-    st.frames_processed = summary.frames_processed
-    st.frames_dropped = summary.frames_dropped
-    st.frames_rejected = summary.frames_rejected
-    st.frames_lost_before_node = summary.frames_lost_before_node
-    st.frames_refused = summary.frames_refused
-    st.gate_mean = summary.gate_mean
+    for name in _STATUS_FIELDS_FROM_SUMMARY:   # Status fields of the same name and meaning as the summary's
+        setattr(st, name, getattr(summary, name))
     st.gate_min = float(gate_min)
     st.gate_max = float(gate_max)
-    st.confidence_mean = summary.confidence_mean
-    st.confident_fraction = summary.confident_fraction
-    st.resets = summary.resets
-    st.map_points = summary.map_points
-    st.message = summary.message
-    st.focal_disagreement = summary.focal_disagreement
     st.resumed = bool(resumed)
     return st
 
