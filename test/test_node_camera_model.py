@@ -53,16 +53,23 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
                                          "-p", "confidence_threshold:=1.0"), log)
     probe = h.Probe("probe_distorted")
     n = Node(proc, probe, log)
-    # autostart: the state service may answer while configure still runs (the model loads)
-    states: list[str] = []
-    n.wait(lambda: states.append(probe.lifecycle_state(f"{NS}/ttt3r_node", timeout_s=60)) or states[-1] == "active",
-           90, "the active state")
-    n.image_pub = probe.node.create_publisher(Image, f"{NS}/image", qos_profile_sensor_data)  # type: ignore
-    n.info_pub = probe.node.create_publisher(CameraInfo, f"{NS}/camera_info", qos_profile_sensor_data)  # type: ignore
-    n.wait(lambda: probe.node.count_subscribers(f"{NS}/image") > 0, 10, "image subscription")
-    yield n
-    probe.close()
-    assert h.stop(proc) == 0, h.log_tail(log)
+    stopped_cleanly = False
+    try:
+        # autostart: the state service may answer while configure still runs (the model loads)
+        states: list[str] = []
+        n.wait(lambda: states.append(probe.lifecycle_state(f"{NS}/ttt3r_node", timeout_s=60)) or states[-1] == "active",
+               90, "the active state")
+        n.image_pub = probe.node.create_publisher(Image, f"{NS}/image", qos_profile_sensor_data)  # type: ignore
+        n.info_pub = probe.node.create_publisher(CameraInfo, f"{NS}/camera_info", qos_profile_sensor_data)  # type: ignore
+        n.wait(lambda: probe.node.count_subscribers(f"{NS}/image") > 0, 10, "image subscription")
+        yield n
+        stopped_cleanly = True
+    finally:
+        # always: a probe left spinning keeps an rclpy thread alive, and pytest aborts at exit
+        probe.close()
+        exit_code = h.stop(proc)
+    if stopped_cleanly:
+        assert exit_code == 0, h.log_tail(log)
 
 
 def _camera_info(stamp_s: float, d: list[float], model: str) -> CameraInfo:

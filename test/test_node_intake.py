@@ -116,12 +116,14 @@ def ros_nodes():
                 errors.append(exc)
     spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
-    yield sub_node, pub_node, errors
-    context.try_shutdown()
-    spinner.join(timeout=5.0)
-    executor.shutdown()
-    sub_node.destroy_node()
-    pub_node.destroy_node()
+    try:
+        yield sub_node, pub_node, errors
+    finally:
+        context.try_shutdown()
+        spinner.join(timeout=5.0)
+        executor.shutdown()
+        sub_node.destroy_node()
+        pub_node.destroy_node()
 
 
 def _start_intake(node, queue: FrameQueue, loss: InputLossCounter, depth: int,
