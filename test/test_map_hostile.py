@@ -94,6 +94,7 @@ def test_sigterm_ends_map_like_ctrl_c_with_its_own_exit_code(tmp_path: Path, sig
             process.kill()
     assert process.returncode == code, stderr[-2000:]
     assert f"interrupted by {signal.Signals(signum).name}" in stderr
+    assert "stopping after the frame in progress" in stderr
     run = read_run(out)
     assert run["status"] == "interrupted" and run["stopped_by"] == signal.Signals(signum).name
     timestamps, _ = exports.read_tum(out / "trajectory.tum")

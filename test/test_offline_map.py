@@ -211,6 +211,49 @@ def test_interrupt_leaves_valid_trajectory_and_map(tmp_path, tiny):
     assert not list(out.glob(".*.tmp"))  # no temporary files left
 
 
+class _BagCutAtFrame(ResultBagWriter):
+    """A result bag whose `cut_at`-th frame is interrupted (a forcing second Ctrl-C) after the engine's step
+    recorded the pose but before anything of the frame reached the bag."""
+
+    def __init__(self, *args, cut_at: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.cut_at, self.calls = cut_at, 0
+
+    def add_frame(self, *args, **kwargs) -> None:
+        self.calls += 1
+        if self.calls == self.cut_at:
+            raise KeyboardInterrupt
+        super().add_frame(*args, **kwargs)
+
+
+def test_an_interrupt_inside_a_frames_bookkeeping_leaves_that_frame_out_of_every_output(tmp_path, tiny):
+    """The trajectory rows, frames_processed and the result bag's odometry hold the same frames even when the
+    interrupt lands between the engine's step and the frame's writes (it did, with a SIGTERM in CI)."""
+    from ttt3r_ros.offline.mapping import MapRunOptions, OfflineMapper
+    from ttt3r_ros.offline.readers import open_frame_source
+    from ttt3r_ros.session.build import open_session, resolve_weights
+
+    folder = tmp_path / "imgs"
+    write_image_folder(folder, 8)
+    options = parse_map_args(map_args(folder, tmp_path / "unused", tiny))
+    weights = resolve_weights(options.weights, options.random_weights, environment={})
+    engine = open_session(options.session_config(), weights=weights).new_engine()
+    result_bag = _BagCutAtFrame(tmp_path / "result", camera_to_base=engine.config.camera_to_base, cut_at=4)
+    out = tmp_path / "out"
+    summary = OfflineMapper(engine, MapRunOptions(out_dir=out, progress=False), result_bag).run(
+        open_frame_source(folder, fps=10.0))
+    assert len(engine.trajectory) == 4          # the engine did record the cut frame's pose ...
+    assert summary.status == "interrupted" and summary.frames_processed == 3
+    timestamps, _ = exports.read_tum(out / "trajectory.tum")
+    assert list(timestamps) == pytest.approx([0.0, 0.1, 0.2])   # ... which no output holds
+    assert read_run(out)["trajectory_poses"] == read_run(out)["frames_processed"] == 3
+    reader = open_bag(tmp_path / "result")
+    try:
+        assert {c.topic: c.msgcount for c in reader.connections}["/odom"] == 3
+    finally:
+        reader.close()
+
+
 def test_interrupt_raised_in_the_prefetch_thread_reaches_the_run(tmp_path, tiny):
     from ttt3r_ros.offline.readers import open_frame_source
 

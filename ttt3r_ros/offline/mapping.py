@@ -113,17 +113,26 @@ class OfflineMapper:
         self.resumes: list[dict[str, Any]] = []   # one entry per --resume that led to this run, for run.json
         self.snapshot_written: dict[str, Any] | None = None
         self._frame_open = False          # a frame is between being read and fully accounted for
+        self._poses_before_frame = 0      # poses the engine had appended before the open frame (see _committed_trajectory)
         self._snapshot_frames = 0         # frames_processed at the last snapshot
 
     # ---------------------------------------------------------------------------------------------- outputs
     def write_outputs(self, source: FrameSource, status: str, error: str | None = None) -> dict[str, Any]:
-        trajectory = list(self.engine.trajectory)
+        trajectory = self._committed_trajectory()
         exports.write_tum(self.out_dir / TRAJECTORY_NAME, [t for t, _ in trajectory], [pose for _, pose in trajectory])
         voxel_map = self.engine.voxel_map
         exports.write_ply(self.out_dir / MAP_NAME, voxel_map.points(), voxel_map.colours(), voxel_map.confidences())
         report = self.run_report(source, status, error, len(trajectory), len(voxel_map))
         write_json_atomic(self.out_dir / RUN_JSON_NAME, report)
         return report
+
+    def _committed_trajectory(self) -> list[Any]:
+        """The engine's poses of fully accounted frames: a frame cut after its step but before its bookkeeping (a
+        second, forcing signal) is left out, so trajectory rows, frames_processed and the result bag's odometry agree."""
+        trajectory = list(self.engine.trajectory)
+        if self._frame_open and _poses_appended(self.engine.trajectory) > self._poses_before_frame:
+            trajectory = trajectory[:-1]
+        return trajectory
 
     def run_report(self, source: FrameSource, status: str, error: str | None, poses: int,
                    map_points: int) -> dict[str, Any]:
@@ -197,7 +206,7 @@ class OfflineMapper:
             if len(self.invalid_records) < MAX_INVALID_RECORDS:
                 self.invalid_records.append({"timestamp_s": frame.timestamp_s, "engine_index": int(result.index)})
             return
-        self.frames_processed += 1
+        processed = self.frames_processed + 1   # counted once the frame's outputs are written (a cut frame is not)
         if self.first_timestamp_s is None:
             self.first_timestamp_s = frame.timestamp_s
         self.last_timestamp_s = frame.timestamp_s
@@ -212,12 +221,13 @@ class OfflineMapper:
                                       stamp_ns=self._stamp_ns(frame))
             every = self.options.result_map_every
             voxel_map = self.engine.voxel_map
-            if every and self.frames_processed % every == 0 and len(voxel_map):
+            if every and processed % every == 0 and len(voxel_map):
                 # snapshots let a replay in RViz show the map growing, not only at the end
                 self.result_bag.add_map(voxel_map.points(), voxel_map.colours(), voxel_map.confidences(),
                                         stamp_ns=self._stamp_ns(frame))
         if self.options.save_depth:
             self._save_depth(result)
+        self.frames_processed = processed
 
     @staticmethod
     def _stamp_ns(frame: Any) -> int:
@@ -295,16 +305,18 @@ class OfflineMapper:
                    file=sys.stderr)
         bar.update(self.frames_processed)
         last_checkpoint, last_checkpoint_time = self.frames_processed, time.perf_counter()
-        stop = StopAtFrameBoundary() if self.options.snapshots is not None else None
+        # a signal finishes the frame in progress first, so every output holds the same frames (a second one
+        # stops at once: _committed_trajectory keeps the files consistent then)
+        stop = StopAtFrameBoundary()
         try:
-            if stop is not None:
-                stop.__enter__()
+            stop.__enter__()
             while self.options.max_frames is None or self.frames_processed < self.options.max_frames:
                 wait_start = time.perf_counter()
                 frame = next(frames, None)
                 if frame is None:
                     break
                 self.read_wait_ms.append((time.perf_counter() - wait_start) * 1e3)
+                self._poses_before_frame = _poses_appended(self.engine.trajectory)
                 self._frame_open = True
                 self.position = InputPosition(self.position.frames_read + 1, self._stamp_ns(frame))
                 self._process(frame)
@@ -321,8 +333,7 @@ class OfflineMapper:
                 snapshots = self.options.snapshots
                 if snapshots is not None and self.frames_processed - self._snapshot_frames >= snapshots.every_frames:
                     self.save_snapshot()
-                if stop is not None:
-                    stop.check()
+                stop.check()
         except KeyboardInterrupt as interrupt:   # Ctrl-C, or SIGTERM/SIGHUP (offline/termination.py)
             status = "interrupted"
             self.stop_signal = signal_of(interrupt)
@@ -331,8 +342,7 @@ class OfflineMapper:
 
             status, error, trace = "failed", f"{type(err).__name__}: {err}", traceback.format_exc()
         finally:
-            if stop is not None:
-                stop.__exit__(None, None, None)
+            stop.__exit__(None, None, None)
             bar.close()
             _close(frames)
         report = self._finish(source, status, error)
@@ -363,6 +373,11 @@ class OfflineMapper:
                 if attempt == 1:
                     raise
         raise AssertionError("unreachable")
+
+
+def _poses_appended(trajectory: Any) -> int:
+    """Poses ever appended to the (possibly bounded) trajectory since its last clear."""
+    return len(trajectory) + int(getattr(trajectory, "dropped", 0))
 
 
 def _close(frames: Any) -> None:

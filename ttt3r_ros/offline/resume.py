@@ -19,6 +19,7 @@ is consistent. A second signal stops at once (the last periodic snapshot stays).
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -104,10 +105,10 @@ def skip_read_frames(frames: Iterator[Any], position: Mapping[str, Any], stamp_n
 
 
 class StopAtFrameBoundary:
-    """SIGINT, SIGTERM and SIGHUP while a run writes snapshots: the frame in progress is finished, then `check()`
-    raises the signal's interrupt (the run stops as on Ctrl-C, exit code 128 + signal: offline/termination.py), so
-    the snapshot written on the way out is consistent. A second signal raises at once. Outside the main thread
-    (where Python cannot install handlers) it does nothing."""
+    """SIGINT, SIGTERM and SIGHUP during a map run: the frame in progress is finished, then `check()` raises the
+    signal's interrupt (the run stops as on Ctrl-C, exit code 128 + signal: offline/termination.py), so the
+    trajectory, result bag, depth files and snapshot written on the way out hold the same frames. A second signal
+    raises at once. Outside the main thread (where Python cannot install handlers) it does nothing."""
 
     SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
 
@@ -119,6 +120,9 @@ class StopAtFrameBoundary:
         if self.requested is not None:
             raise interrupt_for(signum)
         self.requested = signum
+        # os.write, not print: a handler that prints while the main thread prints raises "reentrant call"
+        os.write(2, f"\n{signal.Signals(signum).name}: stopping after the frame in progress (send it again to stop "
+                    "at once)\n".encode())
 
     def check(self) -> None:
         if self.requested is not None:   # the exception names the signal: map's exit code (offline/termination.py)

@@ -1,7 +1,8 @@
 """How `ttt3r-ros map` (and the other offline runs) end on a signal: the one place that says it.
 
 SIGINT (Ctrl-C), SIGTERM (`docker stop`, `timeout`, systemd) and SIGHUP (the terminal closed) all end a run the
-same way: the frame in progress is abandoned, the outputs are written complete (trajectory, map, run.json with
+same way: `map` finishes the frame in progress (a second signal abandons it: offline/resume.py
+`StopAtFrameBoundary`), the other runs abandon it; the outputs are written complete (trajectory, map, run.json with
 status "interrupted", the result bag finished and renamed: no `.partial` folder, no `.tmp` file) and the process
 exits with 128 + the signal number, the shell convention, so a caller can tell them apart:
 
