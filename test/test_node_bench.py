@@ -109,3 +109,36 @@ def test_status_of_a_node_that_is_still_configuring_is_waited_for_not_an_error()
     active.values = [kv for kv in active.values if kv.key != "frames_dropped"]
     with pytest.raises(node_bench.BenchError, match="frames_dropped"):
         node_bench._diagnostic_counters(active)
+
+
+def test_two_cameras_one_node_then_two_single_camera_nodes(tmp_path: Path) -> None:
+    """Issue 14's measurement on the CPU: one node with two cameras (one model), then two single-camera node
+    processes, each camera with its own publisher and subscriber; one record per mode with per-camera results."""
+    env = node_bench.BenchEnvironment(work_dir=tmp_path, compile_cache_dir=tmp_path / "cache",
+                                      domain_id=int(os.environ["ROS_DOMAIN_ID"]),
+                                      fastdds_profile=node_bench.find_fastdds_profile(), startup_timeout_s=120)
+    rate_hz = 8.0
+    load = node_bench.LoadOptions(rate_hz=rate_hz, outputs="all", settle_s=0.5, duration_s=2.5, width=128,
+                                  height=96)
+    records: list[dict[str, Any]] = []
+    assert node_bench.run_cameras(2, TINY_NODE, load, env, records.append) == 0, records
+    assert [r["mode"] for r in records] == ["one_node", "separate_nodes"]
+    one, separate = records
+    assert one["summary"]["node_processes"] == 1 and separate["summary"]["node_processes"] == 2
+    for record in records:
+        assert record["summary"]["cameras"] == 2 and len(record["per_camera"]) == 2
+        assert record["summary"]["gpu_memory_mib_peak"] is None        # CPU: no made-up GPU figure
+        for result in record["per_camera"]:
+            lat = result["latency_ms"]
+            assert lat["n"] > 0 and 0 < lat["p50"] <= lat["p95"] <= lat["max"], lat
+            assert 0 < result["processed_fps"] <= rate_hz * 1.1, result
+            assert 0 < result["frames"]["processed"] <= result["frames"]["received"] <= result["frames"]["sent"]
+            assert result["frames"]["rejected"] == 0
+    # one node: both cameras in one namespace, counted per camera from that camera's own status
+    assert [r["camera"] for r in one["per_camera"]] == ["cam0", "cam1"]
+    assert len({r["namespace"] for r in one["per_camera"]}) == 1
+    assert list(one["per_camera"][0]["node_params"]["cameras"]) == ["cam0", "cam1"]
+    # separate nodes: one namespace (process) per camera, no `cameras` parameter
+    assert len({r["namespace"] for r in separate["per_camera"]}) == 2
+    assert "camera" not in separate["per_camera"][0]
+    assert [list(r["node_params"]["cameras"]) for r in separate["per_camera"]] == [[], []]

@@ -205,6 +205,37 @@ def test_process_all_intake_takes_every_image_in_order(ros_nodes) -> None:
 
 
 # ------------------------------------------------------------------------------------------ signals
+def test_intake_without_a_queue_pushes_every_image_to_its_callback_in_order(ros_nodes) -> None:
+    """The multi-camera node's mode: no FrameQueue (the rig keeps each camera's frames); every image is handed to
+    the callback from the intake thread, never from the executor (the fixture's executor raises if it dispatches)."""
+    from rclpy.serialization import deserialize_message
+
+    sub_node, pub_node, errors = ros_nodes
+    loss = InputLossCounter()
+    received: list[int] = []
+    threads: set[str] = set()
+
+    def on_image(raw: bytes, info: dict) -> None:
+        loss.note(info)
+        threads.add(threading.current_thread().name)
+        received.append(deserialize_message(raw, UInt32).data)
+    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    intake = ImageIntake(sub_node, UInt32, "/intake_test/image", reliable, on_image, None, loss,
+                         thread_name="intake_cam0")
+    pub = pub_node.create_publisher(UInt32, "/intake_test/image", reliable)
+    try:
+        assert _wait(lambda: pub.get_subscription_count() > 0)
+        for i in range(30):
+            pub.publish(UInt32(data=i))
+        assert _wait(lambda: len(received) == 30), received
+        assert received == list(range(30)) and intake.taken == 30
+        assert threads == {"intake_cam0"} and loss.sequence_gaps == 0
+        assert not errors
+    finally:
+        intake.stop()
+    assert not intake._thread.is_alive()
+
+
 def test_sigint_during_configure_ends_the_node_with_status_0(tmp_path: Path) -> None:
     gate = tmp_path / "release_load"
     log = tmp_path / "slow.log"

@@ -15,7 +15,8 @@ Two modes:
   intake was listening without a break is a real loss (``InputLossCounter.sequence_gaps``).
 - process_all_frames (push): every image is taken in order and handed to the callback, which may block on the full
   queue (back-pressure); the subscription's history (``input_qos_depth``) absorbs the rest, and what overflows it is
-  counted from the sequence gaps, as before.
+  counted from the sequence gaps, as before. With no queue (``queue=None``: the multi-camera node, whose
+  ``session.rig.CameraRig`` keeps each camera's latest frame or queue itself) every image is pushed the same way.
 camera_info is drained to its newest message, which alone is deserialized. The RMW's message-lost events of the
 image subscription are taken in the same wait set.
 """
@@ -59,14 +60,14 @@ class ImageIntake:
     """Owns the input subscriptions and the thread that takes from them; `stop()` before destroying the node."""
 
     def __init__(self, node: Any, image_type: Any, image_topic: str, image_qos: QoSProfile,
-                 on_image: Callable[[bytes, dict], None], queue: FrameQueue, loss: InputLossCounter, *,
+                 on_image: Callable[[bytes, dict], None], queue: FrameQueue | None, loss: InputLossCounter, *,
                  camera_info_type: Any = None, camera_info_topic: str = "", camera_info_qos: QoSProfile | None = None,
                  on_camera_info: Callable[[Any], None] | None = None, event_callbacks: Any = None,
                  thread_name: str = "ttt3r_intake") -> None:
         self._node = node
         self._queue = queue
         self._loss = loss
-        self._pull = not queue.process_all
+        self._pull = queue is not None and not queue.process_all
         self._on_image = on_image
         self._on_camera_info = on_camera_info
         self._group = IntakeOnlyGroup()
@@ -98,7 +99,8 @@ class ImageIntake:
         if self._stop.is_set():
             return
         self._stop.set()
-        self._queue.close()
+        if self._queue is not None:
+            self._queue.close()
         self._wake.trigger_guard_condition()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=timeout_s)

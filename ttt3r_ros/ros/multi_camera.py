@@ -4,8 +4,10 @@ The single-camera node (ros/node.py) keeps everything that is node-wide: the lif
 odometry/TF/path publishing (``_publish_pose``), map_points, the services, the diagnostics timer and the dense
 output publishing (``_publish_dense``). This module adds what differs with several cameras:
 
-- per camera ``c``: the inputs ``c/image`` (or ``c/image/compressed``) and ``c/camera_info``, each camera in its
-  own callback group (a camera blocking on back-pressure with process_all_frames never holds up another), and the
+- per camera ``c``: the inputs ``c/image`` (or ``c/image/compressed``) and ``c/camera_info``, taken off the
+  executor by that camera's own intake thread (ros/intake.py, push mode: every image goes to the rig, whose slot
+  keeps the latest or, with process_all_frames, queues in order; a camera blocking on back-pressure never holds up
+  another, nor the executor that serves the services and timers), and the
   dense outputs under ``c/`` (the single node's set, whatever ``_create_outputs`` makes: points, depth/image,
   depth/camera_info, confidence/image, rgb/image), published by one output thread per camera (keep-latest, so one
   camera's outputs never replace another's), in that camera's optical frame with its image's stamp;
@@ -33,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -41,6 +42,7 @@ from std_msgs.msg import Header
 from ttt3r_ros.ros import camera_frames, health, qos
 from ttt3r_ros.ros import conversions as conv
 from ttt3r_ros.ros.input_loss import InputLossCounter
+from ttt3r_ros.ros.intake import ImageIntake
 from ttt3r_ros.ros.latest_worker import LatestWorker
 from ttt3r_ros.session import odometry
 from ttt3r_ros.session.camera_calibration import camera_model_from_camera_info
@@ -63,9 +65,8 @@ class _CameraIO:
     name: str
     frame_param: str                 # camera_frames[i], "" = the image's header.frame_id
     primary: bool
-    group: MutuallyExclusiveCallbackGroup = field(default_factory=MutuallyExclusiveCallbackGroup)
     pubs: dict[str, Any] = field(default_factory=dict)
-    subs: list[Any] = field(default_factory=list)
+    intake: ImageIntake | None = None   # this camera's intake thread and its subscriptions (image, camera_info)
     outputs: LatestWorker | None = None
     input_loss: InputLossCounter = field(default_factory=InputLossCounter)
     camera_model: Any = None         # CameraModel of the last usable camera_info (None: the model estimates K)
@@ -75,7 +76,7 @@ class _CameraIO:
 
     @property
     def image_topic(self) -> str:
-        return self.subs[0].topic_name if self.subs else f"{self.name}/image"
+        return self.intake.image_subscription.topic_name if self.intake is not None else f"{self.name}/image"
 
 
 def _failing(exc: Exception) -> Callable[[], np.ndarray]:
@@ -146,15 +147,15 @@ class MultiCamera:
         compressed = p["image_transport"] == "compressed"
         for io in self._io.values():
             io.input_loss = InputLossCounter()
-            lost = SubscriptionEventCallbacks(message_lost=io.input_loss.on_message_lost)
-            io.subs.append(node.create_subscription(
-                CompressedImage if compressed else Image, f"{io.name}/image" + ("/compressed" if compressed else ""),
-                functools.partial(self._on_image, io), in_qos, callback_group=io.group, raw=True,
-                event_callbacks=lost))
-            if p["use_camera_info"]:
-                io.subs.append(node.create_subscription(CameraInfo, f"{io.name}/camera_info",
-                                                        functools.partial(self._on_camera_info, io), in_qos,
-                                                        callback_group=node._service_group))
+            io.intake = ImageIntake(
+                node, CompressedImage if compressed else Image,
+                f"{io.name}/image" + ("/compressed" if compressed else ""), in_qos,
+                functools.partial(self._on_image, io), None, io.input_loss,
+                camera_info_type=CameraInfo if p["use_camera_info"] else None,
+                camera_info_topic=f"{io.name}/camera_info", camera_info_qos=in_qos,
+                on_camera_info=functools.partial(self._on_camera_info, io),
+                event_callbacks=SubscriptionEventCallbacks(message_lost=io.input_loss.on_message_lost),
+                thread_name=f"ttt3r_intake_{io.name}")
             io.outputs = LatestWorker(f"ttt3r_outputs_{io.name}", functools.partial(node._publish_dense,
                                                                                     pubs=io.pubs),
                                       functools.partial(self._on_output_error, io))
@@ -165,12 +166,22 @@ class MultiCamera:
             f"active: cameras {self.names} on {[io.image_topic for io in self._io.values()]} ({p['input_qos']} "
             f"QoS), {'process_all_frames (in order)' if p['process_all_frames'] else 'keep-latest frame policy'}")
 
-    def stop(self) -> None:
-        """Unsubscribe, join the worker and the output threads; waiting frames are dropped (counted)."""
+    def stop_intakes(self) -> None:
+        """End every camera's intake thread (before the context shuts down: see ImageIntake.stop). The worker still
+        runs meanwhile, so a put waiting on a full process_all queue gets its room and returns."""
         for io in self._io.values():
-            for s in io.subs:
-                self._node.destroy_subscription(s)
-            io.subs = []
+            if io.intake is not None:
+                io.intake.stop()
+
+    def stop(self) -> None:
+        """End the intakes and unsubscribe, join the worker and the output threads; waiting frames are dropped
+        (counted)."""
+        self.stop_intakes()
+        for io in self._io.values():
+            if io.intake is not None:
+                for s in io.intake.subscriptions:
+                    self._node.destroy_subscription(s)
+            io.intake = None
         self._running = False
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout=30.0)
@@ -205,7 +216,7 @@ class MultiCamera:
             self.rig.put(io.name, RigFrame(functools.partial(self._decode, io, msg, frame_id),
                                            conv.stamp_to_seconds(stamp), meta=(stamp, frame_id), received_s=now,
                                            camera_model=io.camera_model))
-        except Exception as exc:   # executor callbacks must never raise (rclpy would end spin)
+        except Exception as exc:   # the intake thread must never die of one frame
             node._log_throttled("error", f"camera {io.name}: image callback failed: {type(exc).__name__}: {exc}")
 
     def _decode(self, io: _CameraIO, msg: Any, frame_id: str) -> np.ndarray:

@@ -1066,6 +1066,8 @@ def _shut_down(node: Ttt3rNode | None) -> None:
     intake = node._intake if node is not None else None
     if intake is not None:
         intake.stop()
+    if node is not None and node._multi is not None:
+        node._multi.stop_intakes()
     rclpy.try_shutdown()
 
 

@@ -80,7 +80,7 @@ DRAIN_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 # Node parameters reported in the JSON, read back from the running node.
 REPORTED_NODE_PARAMS = ("model_config", "weights", "device", "precision", "image_size", "process_all_frames",
-                        "image_transport", "input_qos", "input_qos_depth", "queue_size", "warmup_frames")
+                        "image_transport", "input_qos", "input_qos_depth", "queue_size", "warmup_frames", "cameras")
 ODOM_ONLY_TOPICS = ("odom",)
 ALL_OUTPUT_TOPICS = ("odom", "/tf", "path", "points", "map_points", "depth/image", "depth/camera_info",
                      "confidence/image", "status")
