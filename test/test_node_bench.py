@@ -40,6 +40,10 @@ def _check_consistent(run: dict[str, Any], rate_hz: float) -> None:
     assert run["drained"] is True
     assert run["device"] == "cpu" and run["device_name"]
     assert run["gpu_memory_mib"] is None                      # CPU run: no GPU figure, not a made-up one
+    rss = run["node_rss_mib_window"]                         # sampled every second over the window
+    assert 0 < rss["start"] <= rss["peak"] and 0 < rss["end"] <= rss["peak"], rss
+    assert rss["timeline"][0][1] == rss["start"] and rss["timeline"][-1][1] == rss["end"]
+    assert len(rss["timeline"]) >= 1 and rss["timeline"][-1][0] <= run["window_s"], rss
     params = run["node_params"]                              # as the running node reports them
     assert (params["model_config"], params["device"], params["image_size"]) == ("tiny", "cpu", 64)
 
@@ -142,3 +146,13 @@ def test_two_cameras_one_node_then_two_single_camera_nodes(tmp_path: Path) -> No
     assert len({r["namespace"] for r in separate["per_camera"]}) == 2
     assert "camera" not in separate["per_camera"][0]
     assert [list(r["node_params"]["cameras"]) for r in separate["per_camera"]] == [[], []]
+
+
+def test_rss_window_keeps_first_last_and_peak_of_a_long_run() -> None:
+    samples = [(float(t), 100.0 + (50.0 if t == 333 else 0.0) + t * 0.01) for t in range(1000)] + [(1000.0, None)]
+    window = node_bench._rss_window(samples)
+    assert window["start"] == 100.0 and window["end"] == pytest.approx(109.99, abs=0.05)
+    assert window["peak"] == pytest.approx(153.33, abs=0.05)          # the peak is kept even when thinned away
+    assert len(window["timeline"]) <= node_bench.RSS_TIMELINE_POINTS + 1
+    assert window["timeline"][0] == [0.0, 100.0] and window["timeline"][-1][0] == 999.0
+    assert node_bench._rss_window([(0.0, None)]) is None              # the node's /proc entry was gone

@@ -25,6 +25,8 @@ JSON fields:
                        sent - received (DDS history overflow, undelivered)
   node_cpu_ms_per_frame  node process utime+stime over the window / odometry messages in the window
   node_cpu_cores       the same CPU time / window length (1.0 = one core flat out)
+  node_rss_mib_window  the node's resident memory over the window, sampled every second: start, end, peak and a
+                       thinned [[t_s, MiB], ...] timeline (a long --duration-s shows whether it stays flat)
   gpu_memory_mib       peak during the run and the source: nvidia-smi's per-process figure for the node's pid, or
                        (when nvidia-smi does not list the pid) the device's used memory minus its use before the
                        first node started; null on CPU
@@ -175,6 +177,21 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         fields = f.read().rsplit(")", 1)[1].split()   # after "(comm)": field 3 (state) is fields[0]
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+RSS_SAMPLE_PERIOD_S = 1.0   # node memory sampled this often during the window (flat over a long run, or not)
+RSS_TIMELINE_POINTS = 20    # the JSON keeps this many of the samples, evenly spread
+
+
+def _rss_window(samples: Sequence[tuple[float, float | None]]) -> dict[str, Any] | None:
+    """The node's RSS over the window: first, last and peak sample, and a thinned [[t_s, MiB], ...] timeline."""
+    kept = [(t, m) for t, m in samples if m is not None]
+    if not kept:
+        return None
+    step = max(1, -(-len(kept) // RSS_TIMELINE_POINTS))
+    thinned = kept[::step] if kept[::step][-1] == kept[-1] else kept[::step] + [kept[-1]]
+    return {"start": round(kept[0][1], 1), "end": round(kept[-1][1], 1), "peak": round(max(m for _, m in kept), 1),
+            "timeline": [[round(t, 1), round(m, 1)] for t, m in thinned]}
 
 
 def _rss_mib(pid: int) -> float | None:
@@ -466,7 +483,12 @@ def run_measurement(nodes: Sequence[NodeProcess], load: LoadOptions, env: BenchE
         time.sleep(load.settle_s)
         w0 = time.time()
         cpu0 = [n.cpu_seconds() for n, _ in channels]
-        time.sleep(load.duration_s)
+        rss_samples: dict[int, list[tuple[float, float | None]]] = {id(n): [] for n in nodes}
+        window_end = w0 + load.duration_s
+        while (now := time.time()) < window_end:
+            for n in nodes:
+                rss_samples[id(n)].append((now - w0, _rss_mib(n.pid)))
+            time.sleep(min(RSS_SAMPLE_PERIOD_S, max(0.0, window_end - now)))
         w1 = time.time()
         cpu1 = [n.cpu_seconds() for n, _ in channels]
         rss = [_rss_mib(n.pid) for n, _ in channels]
@@ -506,6 +528,7 @@ def run_measurement(nodes: Sequence[NodeProcess], load: LoadOptions, env: BenchE
             "node_cpu_ms_per_frame": round((cpu1[i] - cpu0[i]) * 1e3 / n_window, 2) if n_window else None,
             "node_cpu_cores": round((cpu1[i] - cpu0[i]) / window_s, 3),
             "node_rss_mib": round(rss[i], 1) if rss[i] is not None else None,
+            "node_rss_mib_window": _rss_window(rss_samples[id(node)]),
             "gpu_memory_mib": gpu_mem,
             "time_to_first_odom_s": (round(first[i]["wall_s"] - node.start_wall_s, 2)
                                      if node.measurements == 0 else None),
