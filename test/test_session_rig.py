@@ -288,6 +288,66 @@ def test_restart_clears_odometry_and_map() -> None:
     assert np.allclose(step.odometry.t_odom_base, np.eye(4), atol=1e-9)   # the next primary frame is odom
 
 
+def test_placed_by_another_thread_the_map_is_the_one_step_would_build() -> None:
+    """place_in_step=False (the node: a map thread feeds the map): step only queues each frame's points; a
+    place_pending from another thread, running while later steps go on, ends with the same map as in-step
+    placement, key for key."""
+    import threading
+
+    from ttt3r_ros.session.rig import MAP_BEHIND_MAX_FRAMES
+
+    scene = RigScene(2)
+    names = ["front", "left"]
+    in_step, threaded = make_rig(scene, names), make_rig(scene, names, place_in_step=False)
+    for t in range(2):
+        for rig in (in_step, threaded):
+            for c, name in enumerate(names):
+                rig.put(name, scene.frame(c, t))
+            rig.step()
+    assert len(threaded.voxel_map) == 0 and all(h.map_frames_placed == 0 for h in threaded.health().values())
+    placer = threading.Thread(target=threaded.place_pending)
+    placer.start()
+    for t in range(2, scene.n_frames):   # the other thread places while these steps run
+        for rig in (in_step, threaded):
+            for c, name in enumerate(names):
+                rig.put(name, scene.frame(c, t))
+            rig.step()
+    placer.join()
+    threaded.place_pending()
+    assert sorted(threaded.voxel_map.keys().tolist()) == sorted(in_step.voxel_map.keys().tolist())
+    assert [h.map_frames_placed for h in threaded.health().values()] == [scene.n_frames] * 2
+    assert_map_holds(threaded, scene, {c: list(range(scene.n_frames)) for c in range(2)})
+    assert MAP_BEHIND_MAX_FRAMES >= 1
+
+
+def test_a_map_thread_too_far_behind_loses_the_oldest_frames_counted() -> None:
+    from ttt3r_ros.session.rig import MAP_BEHIND_MAX_FRAMES
+
+    n_frames = MAP_BEHIND_MAX_FRAMES + 3
+    scene = RigScene(1, n_frames=n_frames)
+    rig = make_rig(scene, ["front"], place_in_step=False, placement_wait_frames=0)
+    for t in range(n_frames):
+        rig.put("front", scene.frame(0, t))
+        rig.step()
+    health = rig.health()["front"]
+    assert health.map_frames_unplaced == 3 and "map thread" in health.last_error
+    assert rig.place_pending() == MAP_BEHIND_MAX_FRAMES
+    assert_map_holds(rig, scene, {0: list(range(3, n_frames))})   # the newest frames made it
+
+
+def test_points_queued_before_a_map_restart_never_reach_the_new_map() -> None:
+    scene = RigScene(1, n_frames=3)
+    rig = make_rig(scene, ["front"], place_in_step=False)
+    for t in range(2):
+        rig.put("front", scene.frame(0, t))
+        rig.step()
+    rig.reset(restart_odometry=True)
+    assert rig.place_pending() == 0 and len(rig.voxel_map) == 0
+    rig.put("front", scene.frame(0, 2))
+    rig.step()
+    assert rig.place_pending() == 1 and len(rig.voxel_map) > 0
+
+
 def test_rig_refuses_inconsistent_setups() -> None:
     scene = RigScene(2, n_frames=1)
     with pytest.raises(ValueError, match="build_map=False"):

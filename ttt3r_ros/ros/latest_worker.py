@@ -18,6 +18,9 @@ class LatestWorker(Generic[T]):
         self._cond = threading.Condition()
         self._item: T | None = None
         self._busy = False
+        self._handed = 0       # items put so far
+        self._waiting_index = 0   # the put number of the waiting item
+        self._covered = 0      # every item up to this put number is done or was replaced by a done one
         self._stopped = False
         self.done = 0          # items the job ran on
         self.skipped = 0       # items replaced by a newer one before the job took them
@@ -28,13 +31,21 @@ class LatestWorker(Generic[T]):
         with self._cond:
             if self._item is not None:
                 self.skipped += 1
-            self._item = item
+            self._handed += 1
+            self._item, self._waiting_index = item, self._handed
             self._cond.notify_all()
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Block until nothing is waiting or running (tests; an orderly stop)."""
         with self._cond:
             return self._cond.wait_for(lambda: self._item is None and not self._busy, timeout=timeout_s)
+
+    def wait_caught_up(self, timeout_s: float | None = None) -> bool:
+        """Block until the job has run on the newest item handed before this call (or on a newer one): a save that
+        must hold every frame so far, without waiting for a stream that keeps handing new items to pause."""
+        with self._cond:
+            target = self._handed
+            return self._cond.wait_for(lambda: self._stopped or self._covered >= target, timeout=timeout_s)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         with self._cond:
@@ -51,6 +62,7 @@ class LatestWorker(Generic[T]):
                 if self._stopped:
                     return
                 item, self._item, self._busy = self._item, None, True
+                index = self._waiting_index
             try:
                 self._job(item)  # type: ignore[arg-type]
                 self.done += 1
@@ -59,4 +71,5 @@ class LatestWorker(Generic[T]):
             finally:
                 with self._cond:
                     self._busy = False
+                    self._covered = index
                     self._cond.notify_all()

@@ -12,8 +12,9 @@ output publishing (``_publish_dense``). This module adds what differs with sever
   depth/camera_info, confidence/image, rgb/image), published by one output thread per camera (keep-latest, so one
   camera's outputs never replace another's), in that camera's optical frame with its image's stamp;
 - one worker thread ("ttt3r_worker") that steps the rig: one batched engine step per cycle over the cameras with a
-  new frame, odometry (odom, /tf, path, status) from the primary, every camera's confident points into one map in
-  odom (see session/rig.py for how they are placed);
+  new frame, odometry (odom, /tf, path, status) from the primary; every camera's confident points go into one map
+  in odom on a map thread ("ttt3r_map", session/rig.py ``place_pending``), so the voxel merge never delays the next
+  batch;
 - each camera's mount T_base_cam from TF (ros/static_tf.py's ExtrinsicLookup, the node's), looked up before each
   cycle until found (a rigid rig: fixed afterwards); with camera_is_base the primary is the robot body;
 - one diagnostics status per camera, named ``<node>: camera <c>`` (node_bench reads it), beside the node's
@@ -98,13 +99,17 @@ class MultiCamera:
         self._io = {n: _CameraIO(n, f, i == 0) for i, (n, f) in enumerate(zip(names, frames))}
         engine = session.new_batched_engine(len(names), build_map=False, confidence_threshold=float(
             node.get_parameter("confidence_threshold").value))
+        # the map thread places the points (place_in_step False): the voxel merge never delays the next batch
         self.rig = CameraRig(engine, names, process_all=bool(p["process_all_frames"]),
                              queue_size=int(p["queue_size"]), stale_after_s=float(p["input_timeout_s"]),
-                             on_invalid=lambda result: session.handle_invalid(result, node.get_logger().warning))
+                             on_invalid=lambda result: session.handle_invalid(result, node.get_logger().warning),
+                             place_in_step=False)
         # one trajectory: the node's tracker (read by ~/save_trajectory, restarted by ~/reset_odometry) is the rig's
         self.rig.odometry = node._odometry
         self._running = False
         self._worker: threading.Thread | None = None
+        self._mapper: LatestWorker | None = None
+        self._queued_primary_stamp: Any = None   # the newest primary frame whose points were queued for the map
         self._primary_frame_index = 0
         frames_n = int(p["warmup_frames"])
         if frames_n > 0:
@@ -116,6 +121,11 @@ class MultiCamera:
                                    f"{elapsed_ms:.0f} ms")
         node.get_logger().info(f"cameras: {names} (primary {names[0]}: odometry, TF, path, status), one model, "
                                f"{engine.fast_path_status}")
+
+    @property
+    def mapper(self) -> LatestWorker | None:
+        """The map thread (None while inactive)."""
+        return self._mapper
 
     @property
     def names(self) -> list[str]:
@@ -159,6 +169,9 @@ class MultiCamera:
             io.outputs = LatestWorker(f"ttt3r_outputs_{io.name}", functools.partial(node._publish_dense,
                                                                                     pubs=io.pubs),
                                       functools.partial(self._on_output_error, io))
+        self._mapper = LatestWorker("ttt3r_map", self._place_points,
+                                    lambda exc: node._log_throttled("error", f"cameras: map update failed: "
+                                                                    f"{type(exc).__name__}: {exc}"))
         self._running = True
         self._worker = threading.Thread(target=self._worker_loop, name="ttt3r_worker", daemon=True)
         self._worker.start()
@@ -186,6 +199,9 @@ class MultiCamera:
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout=30.0)
         self._worker = None
+        if self._mapper is not None:
+            self._mapper.stop()
+        self._mapper = None
         self.rig.clear()
         for io in self._io.values():
             if io.outputs is not None:
@@ -305,13 +321,26 @@ class MultiCamera:
             io = self._io[out.camera]
             if io.outputs is not None:
                 io.outputs.put(_DenseOutputs(out.result, header, confidence_threshold))
-        if step.outputs:
-            node._map_dirty = True
         primary = step.output(self.rig.primary)
+        if primary is not None:
+            self._queued_primary_stamp = primary.frame.meta[0]
+        if step.outputs and self._mapper is not None:
+            # the map thread places what this cycle queued; the map is stamped with the newest primary frame
+            self._mapper.put(self._queued_primary_stamp)
         if step.odometry is not None and primary is not None:
             stamp, frame_id = primary.frame.meta
             node._publish_pose(step.odometry, Header(stamp=stamp, frame_id=node._p["odom_frame"]))
             self._publish_status(primary.result, step.odometry, Header(stamp=stamp, frame_id=frame_id))
+
+    def _place_points(self, primary_stamp: Any) -> None:
+        """Map thread: every camera's waiting points into the rig's map (session/rig.py place_pending)."""
+        node = self._node
+        with node._map_lock:
+            placed = self.rig.place_pending()
+            if placed and primary_stamp is not None:
+                node._map_stamp = primary_stamp
+        if placed:
+            node._map_dirty = True
 
     def _publish_status(self, result: Any, estimate: odometry.OdometryEstimate, header: Header) -> None:
         """`status` and the node's odometry summary from the primary camera's frame."""

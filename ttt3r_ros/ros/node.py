@@ -89,6 +89,7 @@ class _DenseOutputs:
 class _MapUpdate:
     result: Any                 # FrameResult (valid)
     voxel_map: Any              # the map of the stream the frame belongs to (a reset's new map is another object)
+    stamp: Any                  # the frame's image stamp: map_points is stamped with the newest frame it holds
 
 
 def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
@@ -173,6 +174,7 @@ class Ttt3rNode(LifecycleNode):
         self._summary = health.HealthSummary()
         self._last_header = Header()
         self._map_dirty = False
+        self._map_stamp: Any = None   # stamp of the newest frame in the map (set by the map thread)
         self._rejected = 0
         self._processed = 0
         self._frame_index = 0
@@ -690,7 +692,7 @@ class Ttt3rNode(LifecycleNode):
         if self._outputs is not None:
             self._outputs.put(_DenseOutputs(result, cam_header, thr))
         if self._mapper is not None:
-            self._mapper.put(_MapUpdate(result, voxel_map))
+            self._mapper.put(_MapUpdate(result, voxel_map, stamp))
 
         # Status + diagnostics summary
         timings = result.timings_ms
@@ -810,6 +812,7 @@ class Ttt3rNode(LifecycleNode):
             return
         with self._map_lock:
             engine.add_to_map(job.result, job.voxel_map)
+            self._map_stamp = job.stamp
         self._map_dirty = True
 
     # ------------------------------------------------------------------------------------ timers
@@ -861,7 +864,9 @@ class Ttt3rNode(LifecycleNode):
         with self._map_lock:
             self._map_dirty = False
             pts_odom, cols, confs = self._map_in_odom()
-        header = Header(stamp=self._last_header.stamp, frame_id=self._p["odom_frame"])
+            # the newest frame the map holds (the map thread may be a frame behind the odometry)
+            stamp = self._map_stamp if self._map_stamp is not None else self._last_header.stamp
+        header = Header(stamp=stamp, frame_id=self._p["odom_frame"])
         pub.publish(conv.point_cloud(pts_odom, cols, confs, header))
 
     def _map_in_odom(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -964,6 +969,12 @@ class Ttt3rNode(LifecycleNode):
         try:
             path = self._resolve_path(request.path, "default_map_path", "save_map")
             response.path = path
+            # every frame processed so far is in the file: the map thread finishes what it was handed first
+            mapper = self._multi.mapper if self._multi is not None else self._mapper
+            if mapper is not None and not mapper.wait_caught_up(timeout_s=session_io.MAP_DRAIN_TIMEOUT_S):
+                self._log_throttled("warn", f"save_map: the map thread was still busy after "
+                                            f"{session_io.MAP_DRAIN_TIMEOUT_S:.0f} s; the file may lack the "
+                                            "newest frames")
             with self._engine_lock:
                 if self._session is None:
                     raise RuntimeError("node is not configured")

@@ -36,8 +36,11 @@ geometry (the extrinsics, metric) and the primary's motion. What that implies:
   where the mount's lever arm is metric and the motion is in model units;
 - the non-primary cameras' poses remain available (``engine.trajectory_of``) for a consistency check.
 
-Threads: ``put``/``wait_for_frames``/``health`` from any thread; ``step``, ``reset``, ``set_extrinsic`` and the map
-reads are serialised by the rig's own step lock.
+Threads: ``put``/``wait_for_frames``/``health`` from any thread; ``step``, ``reset`` and ``set_extrinsic`` are
+serialised by the rig's own step lock. With ``place_in_step=False`` the map is fed by another thread
+(``place_pending``, the node's map thread), so the voxel merge (host work) never holds up the next batched step;
+``step`` then only queues each frame's confident points (copied on the device), and a map thread that falls more
+than ``MAP_BEHIND_MAX_FRAMES`` frames behind loses the oldest (counted as ``map_frames_unplaced``).
 """
 from __future__ import annotations
 
@@ -62,6 +65,8 @@ _Ready = tuple["_Camera", "RigFrame", np.ndarray, "np.ndarray | None", Any]
 # Primary poses kept for placing the other cameras' frames (seconds at camera rates; a waiting frame is only a few
 # cycles old, so only the newest poses are ever looked at).
 _POSE_HISTORY = 256
+# Frames per camera whose points may wait for the map thread (beyond those waiting for a primary pose).
+MAP_BEHIND_MAX_FRAMES = 8
 
 
 @dataclass
@@ -185,14 +190,15 @@ class CameraRig:
     counted as map_frames_unplaced). placement_gap_max_s: the longest gap between two primary
     poses that a frame between them is interpolated across (a longer gap means the primary was not tracking).
     on_invalid: called with each result whose ``valid`` is False (``Session.handle_invalid``: the precision
-    fallback). clock: monotonic seconds (tests pass their own).
+    fallback). clock: monotonic seconds (tests pass their own). place_in_step: False leaves the map to
+    ``place_pending`` on another thread (see the module docstring).
     """
 
     def __init__(self, engine: BatchedReconstructor, cameras: Sequence[str], *, process_all: bool = False,
                  queue_size: int = 30, put_timeout_s: float = 5.0, stale_after_s: float = 2.0,
                  placement_wait_frames: int = 4, placement_gap_max_s: float = 1.0,
                  on_invalid: Callable[[FrameResult], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, place_in_step: bool = True) -> None:
         names = [str(c) for c in cameras]
         if not names:
             raise ValueError("a camera rig needs at least one camera")
@@ -217,7 +223,11 @@ class CameraRig:
         self._clock = clock
         self._cameras = {n: _Camera(n, i, i == 0) for i, n in enumerate(names)}
         self._cond = threading.Condition()   # slots, counters, health
-        self._step_lock = threading.RLock()  # engine, odometry, map, extrinsics
+        self._step_lock = threading.RLock()  # engine, odometry, extrinsics
+        self._map_lock = threading.Lock()    # pending placements, primary poses, map epoch (held briefly)
+        self._voxel_lock = threading.Lock()  # the voxel map (held while merging)
+        self._map_epoch = 0                  # +1 when the map restarts: placements taken before are dropped
+        self.place_in_step = bool(place_in_step)
         self._closed = False
         self.odometry = OdometryTracker()    # the primary's: (stamp, T_odom_base) of every primary frame
         self._poses: deque[tuple[float, np.ndarray]] = deque(maxlen=_POSE_HISTORY)
@@ -334,7 +344,8 @@ class CameraRig:
             for group in sorted(groups.values(), key=lambda g: min(c.stream for c, *_ in g)):
                 for (cam, frame, *_), result in self._run_group(group, out):
                     self._accept(cam, frame, result, limits, out)
-            self._place_pending()
+            if self.place_in_step:
+                self.place_pending()
         out.outputs.sort(key=lambda o: self._cameras[o.camera].stream)
         return out
 
@@ -406,10 +417,21 @@ class CameraRig:
         if cam.primary:
             t_odom_base = geometry.odom_from_camera(cam.t_base_cam, result.camera_to_world)
             out.odometry = self.odometry.update(stamp_s, t_odom_base, confidence, limits)
-            if self._poses and stamp_s <= self._poses[-1][0]:
-                self._poses.clear()   # time went back (a bag looped): earlier poses no longer bracket new frames
-            self._poses.append((stamp_s, t_odom_base))
-        cam.pending.append(self._confident_points(result, stamp_s))
+            with self._map_lock:
+                if self._poses and stamp_s <= self._poses[-1][0]:
+                    self._poses.clear()   # time went back (a bag looped): earlier poses no longer bracket new frames
+                self._poses.append((stamp_s, t_odom_base))
+        points = self._confident_points(result, stamp_s)
+        with self._map_lock:
+            cam.pending.append(points)
+            behind = len(cam.pending) - (self.placement_wait_frames + MAP_BEHIND_MAX_FRAMES)
+            for _ in range(max(0, behind)):
+                cam.pending.popleft()
+        if behind > 0:
+            with self._cond:
+                cam.health.map_frames_unplaced += behind
+                cam.health.last_error = (f"camera {cam.name}: points not mapped: the map thread is "
+                                         f"{MAP_BEHIND_MAX_FRAMES} frames behind")
         out.outputs.append(CameraOutput(cam.name, frame, result, cam.t_base_cam))
         now = self._clock()
         with self._cond:
@@ -449,36 +471,46 @@ class CameraRig:
         w = (stamp_s - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
         return "ok", interpolate_pose(self._poses[i - 1][1], self._poses[i][1], w)
 
-    def _place_pending(self) -> None:
-        latest = self._poses[-1][0] if self._poses else None
-        for cam in self._cameras.values():
-            while cam.pending:
-                item = cam.pending[0]
-                verdict, t_odom_base = self._primary_pose_at(item.stamp_s)
-                if verdict == "wait":
-                    # it waits for a newer primary pose; too many waiting: the primary is behind or gone
-                    if len(cam.pending) <= self.placement_wait_frames:
-                        break
-                    verdict = "drop"
-                cam.pending.popleft()
-                if verdict == "drop":
-                    with self._cond:
-                        cam.health.map_frames_unplaced += 1
-                        if latest is None:
-                            cam.health.last_error = (f"camera {cam.name}: points not mapped: no odometry from the "
-                                                     f"primary camera {self.primary}")
-                    continue
-                t_odom_cam = t_odom_base @ cam.t_base_cam
+    def place_pending(self) -> int:
+        """Every waiting frame whose primary pose is known goes into the map (any thread: the node's map thread, or
+        ``step`` itself with ``place_in_step``); returns how many were placed."""
+        ready: list[tuple[_Camera, _PendingPlacement, np.ndarray]] = []
+        with self._map_lock:
+            epoch = self._map_epoch
+            latest = self._poses[-1][0] if self._poses else None
+            for cam in self._cameras.values():
+                while cam.pending:
+                    item = cam.pending[0]
+                    verdict, t_odom_base = self._primary_pose_at(item.stamp_s)
+                    if verdict == "wait":
+                        # it waits for a newer primary pose; too many waiting: the primary is behind or gone
+                        if len(cam.pending) <= self.placement_wait_frames:
+                            break
+                        verdict = "drop"
+                    cam.pending.popleft()
+                    if verdict == "drop":
+                        with self._cond:
+                            cam.health.map_frames_unplaced += 1
+                            if latest is None:
+                                cam.health.last_error = (f"camera {cam.name}: points not mapped: no odometry from "
+                                                         f"the primary camera {self.primary}")
+                        continue
+                    ready.append((cam, item, t_odom_base @ cam.t_base_cam))
+        with self._voxel_lock:
+            if epoch != self._map_epoch:
+                return 0   # the map restarted (reset_odometry) since these were taken: they belong to the old one
+            for cam, item, t_odom_cam in ready:
                 t = torch.as_tensor(t_odom_cam, dtype=torch.float32, device=item.points_camera.device)
                 pts_odom = torch.addmm(t[:3, 3], item.points_camera, t[:3, :3].T)
                 self.voxel_map.add(pts_odom, item.colours, item.confidences)
                 with self._cond:
                     cam.health.map_frames_placed += 1
+        return len(ready)
 
     # ------------------------------------------------------------------------------------------ map, reset
     def map_points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The map in the odom frame: (points [N,3] float32, colours uint8 [N,3], confidences [N])."""
-        with self._step_lock:
+        with self._voxel_lock:
             return self.voxel_map.points(), self.voxel_map.colours(), self.voxel_map.confidences()
 
     def warm_up(self, frames: int, frame_hw: tuple[int, int] | None = None) -> float:
@@ -508,10 +540,13 @@ class CameraRig:
             self.engine.reset(None, restart_odometry=restart_odometry)
             if restart_odometry:
                 self.odometry.reset()
-                self._poses.clear()
-                for cam in self._cameras.values():
-                    cam.pending.clear()
-                self.voxel_map = VoxelMap(self.engine.config.voxel_size, self.engine.config.map_max_points)
+                with self._map_lock:
+                    self._poses.clear()
+                    for cam in self._cameras.values():
+                        cam.pending.clear()
+                    self._map_epoch += 1
+                with self._voxel_lock:
+                    self.voxel_map = VoxelMap(self.engine.config.voxel_size, self.engine.config.map_max_points)
 
     # ---------------------------------------------------------------------------------------------- health
     def health(self) -> dict[str, CameraHealth]:
