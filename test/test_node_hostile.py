@@ -213,6 +213,10 @@ def test_parameter_changes_that_would_break_configure_are_refused_when_set(node:
 
 
 def test_a_second_node_with_the_same_name_exits_non_zero(node: Node) -> None:
+    from ttt3r_ros.ros.name_guard import GUARD_DONE_MESSAGE
+
+    # the first node has finished its own start-up check (two started within one window both exit: documented)
+    node.wait(lambda: GUARD_DONE_MESSAGE in node.log_text(), 30, "the first node's name check")
     log = node.tmp / "second.log"
     second = h.start_node(h.tiny_node_args(h.tiny_weights(), "-r", f"__ns:={NS}"), log)
     try:

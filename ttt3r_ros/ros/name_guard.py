@@ -20,6 +20,7 @@ from typing import Any, Callable
 # (a loaded 2-core machine dropped them in CI) the next one still lands inside the window.
 STARTUP_DISCOVERY_WINDOW_S = 10.0
 _POLL_S = 0.1
+GUARD_DONE_MESSAGE = "name check done"   # logged when the window ends clean (tests wait for it)
 
 
 def _fully_qualified(namespace: str, name: str) -> str:
@@ -64,3 +65,6 @@ class DuplicateNameGuard:
                 self.on_duplicate()
                 return
             time.sleep(_POLL_S)
+        if self.is_running():
+            self.node.get_logger().info(f"{GUARD_DONE_MESSAGE}: no other node named "
+                                        f"{self.node.get_fully_qualified_name()} within {self.window_s:g} s")
