@@ -54,12 +54,23 @@ def node_env() -> dict[str, str]:
     return env
 
 
-def start_node(ros_args: list[str], log_path: Path, executable: list[str] | None = None) -> subprocess.Popen:
+def start_node(ros_args: list[str], log_path: Path, executable: list[str] | None = None,
+               extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ttt3r_node (`python -m ttt3r_ros.ros.node`, or the given executable) with its output in log_path."""
     log = open(log_path, "wb")
     exe = executable or [sys.executable, "-m", "ttt3r_ros.ros.node"]
-    return subprocess.Popen([*exe, *ros_args], stdout=log, stderr=subprocess.STDOUT, env=node_env(),
-                            cwd=str(log_path.parent))
+    return subprocess.Popen([*exe, *ros_args], stdout=log, stderr=subprocess.STDOUT,
+                            env={**node_env(), **(extra_env or {})}, cwd=str(log_path.parent))
+
+
+SLOW_CONFIGURE_NODE = Path(__file__).resolve().parent / "support" / "slow_configure_node.py"
+
+
+def start_slow_configure_node(ros_args: list[str], log_path: Path, gate: Path) -> subprocess.Popen:
+    """ttt3r_node whose configure blocks until `gate` exists (test/support/slow_configure_node.py); it writes
+    `<gate>.loading` when the load starts."""
+    return start_node(ros_args, log_path, executable=[sys.executable, str(SLOW_CONFIGURE_NODE)],
+                      extra_env={"TTT3R_TEST_LOAD_GATE": str(gate)})
 
 
 def tiny_node_args(weights: Path, *extra: str) -> list[str]:

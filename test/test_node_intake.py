@@ -2,10 +2,8 @@
 configure and while active: exit 0), and the bounded live trajectory (issue 13 item 10, engine/trajectory.py)."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,9 +25,6 @@ from std_msgs.msg import UInt32  # noqa: E402
 from ttt3r_ros.ros.frame_queue import FrameQueue  # noqa: E402
 from ttt3r_ros.ros.input_loss import InputLossCounter  # noqa: E402
 from ttt3r_ros.ros.intake import ImageIntake, image_history_depth  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-SLOW_NODE = REPO / "test" / "support" / "slow_configure_node.py"
 
 
 # ------------------------------------------------------------------------------------------ trajectory bound
@@ -137,15 +132,6 @@ def _start_intake(node, queue: FrameQueue, loss: InputLossCounter, depth: int,
     return ImageIntake(node, UInt32, "/intake_test/image", reliable, on_image, queue, loss)
 
 
-def _wait(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_keep_latest_intake_takes_only_the_newest_when_the_worker_asks(ros_nodes) -> None:
     from rclpy.serialization import deserialize_message
 
@@ -157,7 +143,7 @@ def test_keep_latest_intake_takes_only_the_newest_when_the_worker_asks(ros_nodes
     pub = pub_node.create_publisher(UInt32, "/intake_test/image", QoSProfile(depth=50,
                                                                              reliability=ReliabilityPolicy.RELIABLE))
     try:
-        assert _wait(lambda: pub.get_subscription_count() > 0)
+        assert h.wait_for(lambda: pub.get_subscription_count() > 0, 10)
         pub.publish(UInt32(data=0))
         first = queue.get(timeout_s=10.0)   # the worker asks: the intake takes it
         assert first is not None and deserialize_message(first, UInt32).data == 0
@@ -189,7 +175,7 @@ def test_process_all_intake_takes_every_image_in_order(ros_nodes) -> None:
     pub = pub_node.create_publisher(UInt32, "/intake_test/image", QoSProfile(depth=100,
                                                                              reliability=ReliabilityPolicy.RELIABLE))
     try:
-        assert _wait(lambda: pub.get_subscription_count() > 0)
+        assert h.wait_for(lambda: pub.get_subscription_count() > 0, 10)
         for i in range(40):   # more than the queue holds: the intake waits on it (back-pressure), DDS keeps the rest
             pub.publish(UInt32(data=i))
         values = []
@@ -224,10 +210,10 @@ def test_intake_without_a_queue_pushes_every_image_to_its_callback_in_order(ros_
                          thread_name="intake_cam0")
     pub = pub_node.create_publisher(UInt32, "/intake_test/image", reliable)
     try:
-        assert _wait(lambda: pub.get_subscription_count() > 0)
+        assert h.wait_for(lambda: pub.get_subscription_count() > 0, 10)
         for i in range(30):
             pub.publish(UInt32(data=i))
-        assert _wait(lambda: len(received) == 30), received
+        assert h.wait_for(lambda: len(received) == 30, 10), received
         assert received == list(range(30)) and intake.taken == 30
         assert threads == {"intake_cam0"} and loss.sequence_gaps == 0
         assert not errors
@@ -239,15 +225,9 @@ def test_intake_without_a_queue_pushes_every_image_to_its_callback_in_order(ros_
 def test_sigint_during_configure_ends_the_node_with_status_0(tmp_path: Path) -> None:
     gate = tmp_path / "release_load"
     log = tmp_path / "slow.log"
-    env_before = os.environ.get("TTT3R_TEST_LOAD_GATE")
-    os.environ["TTT3R_TEST_LOAD_GATE"] = str(gate)   # h.node_env() copies os.environ
-    try:
-        proc = h.start_node(h.tiny_node_args(h.tiny_weights(), "-r", "__ns:=/sigcfg",
-                                             "-p", "camera_is_base:=true", "-p", "warmup_camera_info_wait_s:=0.0"),
-                            log, executable=[sys.executable, str(SLOW_NODE)])
-    finally:
-        if env_before is None:
-            del os.environ["TTT3R_TEST_LOAD_GATE"]
+    proc = h.start_slow_configure_node(h.tiny_node_args(h.tiny_weights(), "-r", "__ns:=/sigcfg", "-p",
+                                                        "camera_is_base:=true", "-p", "warmup_camera_info_wait_s:=0.0"),
+                                       log, gate)
     try:
         assert h.wait_for(lambda: Path(f"{gate}.loading").exists(), 60, proc), h.log_tail(log)
         proc.send_signal(signal.SIGINT)

@@ -3,10 +3,8 @@ answer while configure loads the weights, SIGTERM and SIGHUP end the node like S
 own rate (not per frame), and with process_all_frames the images lost before the node are counted in status."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,6 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from ttt3r_ros.msg import Status  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SLOW_NODE = REPO / "test" / "support" / "slow_configure_node.py"
 FRAMES, _K = h.synthetic_frames(30, 96, 128)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -46,13 +42,7 @@ def test_services_and_parameters_answer_while_configuring(tmp_path: Path) -> Non
 
     gate = tmp_path / "release_load"
     log = tmp_path / "slow.log"
-    env_before = os.environ.get("TTT3R_TEST_LOAD_GATE")
-    os.environ["TTT3R_TEST_LOAD_GATE"] = str(gate)   # h.node_env() copies os.environ
-    try:
-        proc = h.start_node(_args("/slow"), log, executable=[sys.executable, str(SLOW_NODE)])
-    finally:
-        if env_before is None:
-            del os.environ["TTT3R_TEST_LOAD_GATE"]
+    proc = h.start_slow_configure_node(_args("/slow"), log, gate)
     probe = h.Probe("probe_slow")
     try:
         assert h.wait_for(lambda: Path(f"{gate}.loading").exists(), 30, proc), h.log_tail(log)

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -48,7 +48,8 @@ class MapRunOptions:
     checkpoint_min_interval_s: float = 30.0  # and at least this long apart (a 2M-point PLY is ~40 MB per rewrite)
     save_depth: str | None = None      # None, "png" (16-bit mm) or "npy"
     progress: bool = True
-    confidence_threshold: float = DEFAULTS.confidence_threshold  # for the result bag's per-frame clouds (the engine filters the map itself)
+    # for the result bag's per-frame clouds (the engine filters the map itself)
+    confidence_threshold: float = DEFAULTS.confidence_threshold
     result_map_every: int = 50         # frames between /map_points snapshots in the result bag (0 = only final)
     label: str | None = None           # e.g. the plumbing-check label; goes into run.json
     run_info: dict[str, Any] = field(default_factory=dict)  # parameters, versions, ... for run.json
@@ -113,7 +114,7 @@ class OfflineMapper:
         self.resumes: list[dict[str, Any]] = []   # one entry per --resume that led to this run, for run.json
         self.snapshot_written: dict[str, Any] | None = None
         self._frame_open = False          # a frame is between being read and fully accounted for
-        self._poses_before_frame = 0      # poses the engine had appended before the open frame (see _committed_trajectory)
+        self._poses_before_frame = 0      # poses the engine had appended before the open frame
         self._snapshot_frames = 0         # frames_processed at the last snapshot
 
     # ---------------------------------------------------------------------------------------------- outputs
@@ -128,7 +129,8 @@ class OfflineMapper:
 
     def _committed_trajectory(self) -> list[Any]:
         """The engine's poses of fully accounted frames: a frame cut after its step but before its bookkeeping (a
-        second, forcing signal) is left out, so trajectory rows, frames_processed and the result bag's odometry agree."""
+        second, forcing signal) is left out, so trajectory rows, frames_processed and the result bag's odometry
+        agree."""
         trajectory = list(self.engine.trajectory)
         if self._frame_open and _poses_appended(self.engine.trajectory) > self._poses_before_frame:
             trajectory = trajectory[:-1]
@@ -304,51 +306,54 @@ class OfflineMapper:
         bar = tqdm(total=total, unit="frame", desc="map", disable=not self.options.progress, dynamic_ncols=True,
                    file=sys.stderr)
         bar.update(self.frames_processed)
-        last_checkpoint, last_checkpoint_time = self.frames_processed, time.perf_counter()
         # a signal finishes the frame in progress first, so every output holds the same frames (a second one
         # stops at once: _committed_trajectory keeps the files consistent then)
-        stop = StopAtFrameBoundary()
-        try:
-            stop.__enter__()
-            while self.options.max_frames is None or self.frames_processed < self.options.max_frames:
-                wait_start = time.perf_counter()
-                frame = next(frames, None)
-                if frame is None:
-                    break
-                self.read_wait_ms.append((time.perf_counter() - wait_start) * 1e3)
-                self._poses_before_frame = _poses_appended(self.engine.trajectory)
-                self._frame_open = True
-                self.position = InputPosition(self.position.frames_read + 1, self._stamp_ns(frame))
-                self._process(frame)
-                self._frame_open = False
-                bar.update(1)
-                if self.timings_ms.get("total"):
-                    bar.set_postfix(model_ms=f"{self.timings_ms.get('model', [0.0])[-1]:.0f}",
-                                    skipped=source.skipped.total + len(self.engine_rejected), refresh=False)
-                every = self.options.checkpoint_every
-                if (every and self.frames_processed - last_checkpoint >= every and time.perf_counter()
-                        - last_checkpoint_time >= self.options.checkpoint_min_interval_s):
-                    self.write_outputs(source, "running")
-                    last_checkpoint, last_checkpoint_time = self.frames_processed, time.perf_counter()
-                snapshots = self.options.snapshots
-                if snapshots is not None and self.frames_processed - self._snapshot_frames >= snapshots.every_frames:
-                    self.save_snapshot()
-                stop.check()
-        except KeyboardInterrupt as interrupt:   # Ctrl-C, or SIGTERM/SIGHUP (offline/termination.py)
-            status = "interrupted"
-            self.stop_signal = signal_of(interrupt)
-        except Exception as err:  # keep what was processed, then report
-            import traceback
+        with StopAtFrameBoundary() as stop:
+            try:
+                self._run_frames(frames, source, bar, stop)
+            except KeyboardInterrupt as interrupt:   # Ctrl-C, or SIGTERM/SIGHUP (offline/termination.py)
+                status = "interrupted"
+                self.stop_signal = signal_of(interrupt)
+            except Exception as err:  # keep what was processed, then report
+                import traceback
 
-            status, error, trace = "failed", f"{type(err).__name__}: {err}", traceback.format_exc()
-        finally:
-            stop.__exit__(None, None, None)
-            bar.close()
-            _close(frames)
+                status, error, trace = "failed", f"{type(err).__name__}: {err}", traceback.format_exc()
+            finally:
+                bar.close()
+                _close(frames)
         report = self._finish(source, status, error)
         return MapRunSummary(status=report["status"], frames_processed=self.frames_processed, run_json=report,
                              error=report["error"], traceback=trace, frames_invalid=self.frames_invalid,
                              stop_signal=self.stop_signal)
+
+    def _run_frames(self, frames: Iterator[Any], source: FrameSource, bar: Any, stop: StopAtFrameBoundary) -> None:
+        """The frame loop: each frame processed, the periodic outputs and snapshots, a stop signal honoured at the
+        frame boundary."""
+        last_checkpoint, last_checkpoint_time = self.frames_processed, time.perf_counter()
+        while self.options.max_frames is None or self.frames_processed < self.options.max_frames:
+            wait_start = time.perf_counter()
+            frame = next(frames, None)
+            if frame is None:
+                break
+            self.read_wait_ms.append((time.perf_counter() - wait_start) * 1e3)
+            self._poses_before_frame = _poses_appended(self.engine.trajectory)
+            self._frame_open = True
+            self.position = InputPosition(self.position.frames_read + 1, self._stamp_ns(frame))
+            self._process(frame)
+            self._frame_open = False
+            bar.update(1)
+            if self.timings_ms.get("total"):
+                bar.set_postfix(model_ms=f"{self.timings_ms.get('model', [0.0])[-1]:.0f}",
+                                skipped=source.skipped.total + len(self.engine_rejected), refresh=False)
+            every = self.options.checkpoint_every
+            if (every and self.frames_processed - last_checkpoint >= every and time.perf_counter()
+                    - last_checkpoint_time >= self.options.checkpoint_min_interval_s):
+                self.write_outputs(source, "running")
+                last_checkpoint, last_checkpoint_time = self.frames_processed, time.perf_counter()
+            snapshots = self.options.snapshots
+            if snapshots is not None and self.frames_processed - self._snapshot_frames >= snapshots.every_frames:
+                self.save_snapshot()
+            stop.check()
 
     def _finish(self, source: FrameSource, status: str, error: str | None) -> dict[str, Any]:
         if status == "completed" and self.frames_processed == 0:

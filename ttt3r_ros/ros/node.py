@@ -883,18 +883,29 @@ class Ttt3rNode(LifecycleNode):
         return geometry.transform_points(t_odom_world, pts.astype(np.float64)).astype(np.float32), cols, confs
 
     # ------------------------------------------------------------------------------------ services
+    def _reset_streams(self, restart_odometry: bool) -> bool:
+        """Every stream's model state restarts (the engine's, or each camera's with `cameras`; the mounts stay);
+        with `restart_odometry` trajectories and maps too, and the camera lock goes: the next frame's camera
+        (frame_id) owns the restarted stream, so a stray frame that locked it first no longer keeps the real camera
+        out. False when not configured."""
+        with self._engine_lock:
+            if self._session is None:
+                return False
+            if self._engine is not None:
+                self._engine.reset(restart_odometry=restart_odometry)
+            if self._multi is not None:
+                self._multi.reset(restart_odometry=restart_odometry)
+            if restart_odometry:
+                self._engine_camera_frame = ""
+        return True
+
     @_guarded
     def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         """The model's state restarts (a new chunk, as reset_interval does); odometry continues from the last pose
         (REP 105: odom is continuous), so odom -> base_link does not jump; the map, path and trajectory are kept."""
-        with self._engine_lock:
-            if self._session is None:
-                response.success, response.message = False, "not configured"
-                return response
-            if self._engine is not None:
-                self._engine.reset(restart_odometry=False)   # the new chunk starts at the last frame's pose
-            if self._multi is not None:
-                self._multi.reset(restart_odometry=False)    # every camera's stream
+        if not self._reset_streams(restart_odometry=False):   # the new chunk starts at the last frame's pose
+            response.success, response.message = False, "not configured"
+            return response
         # (resets are counted when the engine reports the new chunk at the next frame)
         response.success = True
         response.message = ("state reset: the next frame starts a new chunk; odometry continues from the last pose "
@@ -906,18 +917,10 @@ class Ttt3rNode(LifecycleNode):
     def _srv_reset_odometry(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         """Everything starts over: model state, odometry at identity (odom -> base_link jumps back), path,
         trajectory, map and the camera lock."""
-        with self._engine_lock:
-            if self._session is None:
-                response.success, response.message = False, "not configured"
-                return response
-            if self._engine is not None:
-                # state, trajectory and map start over; the next frame is the identity pose of odom_frame
-                self._engine.reset(restart_odometry=True)
-            if self._multi is not None:
-                self._multi.reset(restart_odometry=True)   # every camera; the mounts stay (a rigid rig)
-            # the camera lock goes too: the next frame's camera (frame_id) owns the restarted stream, so a stray
-            # frame that locked the stream first no longer keeps the real camera out
-            self._engine_camera_frame = ""
+        # state, trajectory and map start over; the next frame is the identity pose of odom_frame
+        if not self._reset_streams(restart_odometry=True):
+            response.success, response.message = False, "not configured"
+            return response
         with self._state_lock:
             self._odometry.reset()   # the next twist is unknown, the trajectory starts over
             self._path.clear()

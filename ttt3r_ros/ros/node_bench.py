@@ -189,7 +189,9 @@ def _rss_window(samples: Sequence[tuple[float, float | None]]) -> dict[str, Any]
     if not kept:
         return None
     step = max(1, -(-len(kept) // RSS_TIMELINE_POINTS))
-    thinned = kept[::step] if kept[::step][-1] == kept[-1] else kept[::step] + [kept[-1]]
+    thinned = kept[::step]
+    if thinned[-1] is not kept[-1]:
+        thinned.append(kept[-1])
     return {"start": round(kept[0][1], 1), "end": round(kept[-1][1], 1), "peak": round(max(m for _, m in kept), 1),
             "timeline": [[round(t, 1), round(m, 1)] for t, m in thinned]}
 
