@@ -211,15 +211,11 @@ def _check_outputs_odometry_and_map(rig: Rig, since_wall_s: float = 0.0) -> None
     # map_points (voxel by voxel), and not where another camera's mount would put them; each camera contributes
     # voxels no other camera's view has
     odom_at = {h.stamp_s(m.header): _matrix_from_pose(m.pose.pose) for m in odoms}
-    rig.wait(lambda: rig.map and h.stamp_s(rig.map[-1][1].header) >= last[primary], 10, "map of the last cycle")
-    map_msg = rig.map[-1][1]
-    assert map_msg.header.frame_id == "odom"
-    map_cloud = conv.point_cloud_to_numpy(map_msg)
-    map_voxels = _voxels(_xyz(map_cloud, np.ones(map_cloud.shape, dtype=bool)))
     per_camera: dict[str, set] = {}
+    misplaced_of: dict[str, set] = {}   # the same points through another camera's mount: must not match the map
     for i, c in enumerate(rig.cameras):
         expected: set = set()
-        misplaced: set = set()   # the same points through another camera's mount: must not match the map
+        misplaced: set = set()
         wrong_mount = MOUNTS[rig.cameras[(i + 1) % len(rig.cameras)]]
         for m in rig.outputs_since(c, "points", since_wall_s):
             primary_stamp = round(h.stamp_s(m.header) + i * STAMP_OFFSET_S, 6)
@@ -230,10 +226,26 @@ def _check_outputs_odometry_and_map(rig: Rig, since_wall_s: float = 0.0) -> None
             expected |= _voxels(geometry.transform_points(odom_at[primary_stamp] @ MOUNTS[c], _xyz(cloud, keep)))
             misplaced |= _voxels(geometry.transform_points(odom_at[primary_stamp] @ wrong_mount, _xyz(cloud, keep)))
         assert len(expected) > 20, f"camera {c}: too few confident points to check ({len(expected)} voxels)"
-        covered = len(expected & map_voxels) / len(expected)
+        per_camera[c], misplaced_of[c] = expected, misplaced
+
+    def coverage() -> dict[str, float]:
+        map_cloud = conv.point_cloud_to_numpy(rig.map[-1][1])
+        map_voxels = _voxels(_xyz(map_cloud, np.ones(map_cloud.shape, dtype=bool)))
+        return {c: len(per_camera[c] & map_voxels) / len(per_camera[c]) for c in rig.cameras}
+    # the map thread places a cycle's points after its outputs go out, and a camera's last frame may be stepped a
+    # cycle after the primary's: wait for a map_points message that holds them (the map only grows here)
+    h.wait_for(lambda: rig.map and h.stamp_s(rig.map[-1][1].header) >= last[primary]
+               and min(coverage().values()) > 0.95, 10, rig.proc)
+    rig.wait(lambda: rig.map and h.stamp_s(rig.map[-1][1].header) >= last[primary], 10, "map of the last cycle")
+    map_msg = rig.map[-1][1]
+    assert map_msg.header.frame_id == "odom"
+    map_cloud = conv.point_cloud_to_numpy(map_msg)
+    map_voxels = _voxels(_xyz(map_cloud, np.ones(map_cloud.shape, dtype=bool)))
+    for c in rig.cameras:
+        covered = len(per_camera[c] & map_voxels) / len(per_camera[c])
         assert covered > 0.95, f"camera {c}: only {covered:.1%} of its placed points are in map_points"
+        misplaced = misplaced_of[c]
         assert len(misplaced & map_voxels) < 0.5 * len(misplaced), f"camera {c}: the check cannot tell the mounts"
-        per_camera[c] = expected
     for c in rig.cameras:
         others = set().union(*(v for k, v in per_camera.items() if k != c))
         assert len(per_camera[c] - others) > 0.5 * len(per_camera[c]), f"camera {c}'s view overlaps the others'"

@@ -337,9 +337,12 @@ class MultiCamera:
         node = self._node
         with node._map_lock:
             placed = self.rig.place_pending()
-            if placed and primary_stamp is not None:
+            # everything queued up to this primary frame is placed now (or waits, or was given up): the map's stamp
+            # moves on even when an earlier job already placed this cycle's points
+            restamped = primary_stamp is not None and primary_stamp != node._map_stamp
+            if restamped:
                 node._map_stamp = primary_stamp
-        if placed:
+        if placed or restamped:
             node._map_dirty = True
 
     def _publish_status(self, result: Any, estimate: odometry.OdometryEstimate, header: Header) -> None:
